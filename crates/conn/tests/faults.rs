@@ -1,0 +1,449 @@
+//! Faults injected for real: kill -9, restart, CLIENT KILL, a fault proxy, ACL changes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bullpen_conn::{
+    redis, BlockingConnection, ConnEvent, ConnState, Connection, EndReason, Error, RetryStrategy,
+};
+use bullpen_testkit::{eventually, FaultProxy, ProxyMode, RedisServer};
+use common::{get, opts, wait_event};
+use tokio::sync::broadcast::error::RecvError;
+
+/// The promise under test is "within 2 s"; the slack covers scheduling on a loaded 2-core box.
+const PRODUCER_BOUND: Duration = Duration::from_millis(2_500);
+
+fn upstream(server: &RedisServer) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], server.port()))
+}
+
+async fn assert_fails_fast(conn: &Connection, what: &str) -> Error {
+    let t = Instant::now();
+    let err = conn
+        .query::<()>(redis::cmd("SET").arg("k").arg("v"))
+        .await
+        .expect_err(what);
+    let took = t.elapsed();
+    assert!(took <= PRODUCER_BOUND, "{what}: took {took:?}: {err}");
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable { .. }
+                | Error::CommandTimeout { .. }
+                | Error::ConnectionLost { .. }
+                | Error::MaxRetriesPerRequest { .. }
+        ),
+        "{what}: {err}"
+    );
+    err
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn producer_fails_fast_when_redis_is_killed() {
+    let mut server = RedisServer::start().expect("redis-server");
+    let conn = Connection::connect(opts(&server.url()).producer())
+        .await
+        .expect("connect");
+    conn.ping().await.expect("PING");
+    server.kill9().expect("kill -9");
+    for i in 0..3 {
+        assert_fails_fast(&conn, &format!("killed, call {i}")).await;
+    }
+    // A new producer against the dead port fails fast too, naming the refused connect.
+    let t = Instant::now();
+    let err = Connection::connect(opts(&server.url()).producer())
+        .await
+        .expect_err("nothing listens");
+    assert!(t.elapsed() <= PRODUCER_BOUND, "{:?}", t.elapsed());
+    assert!(
+        matches!(err.last_connect_error(), Some(Error::Connect { .. })),
+        "{err}"
+    );
+    // And it recovers once the server is back.
+    server.restart().expect("restart");
+    eventually(
+        || async { conn.ping().await.is_ok() },
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("producer connection recovers");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn producer_fails_fast_when_refused_or_black_holed() {
+    let server = RedisServer::start().expect("redis-server");
+    let proxy = FaultProxy::start(upstream(&server)).await.expect("proxy");
+    let conn = Connection::connect(opts(&proxy.url()).producer())
+        .await
+        .expect("connect");
+    conn.ping().await.expect("PING");
+
+    proxy.set_mode(ProxyMode::Refuse);
+    proxy.cut_all();
+    for i in 0..3 {
+        assert_fails_fast(&conn, &format!("refused, call {i}")).await;
+    }
+
+    proxy.set_mode(ProxyMode::BlackHole);
+    for i in 0..3 {
+        assert_fails_fast(&conn, &format!("black hole, call {i}")).await;
+    }
+
+    proxy.set_mode(ProxyMode::Pass);
+    eventually(
+        || async { conn.ping().await.is_ok() },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("recovers after the black hole heals");
+    // Reset mode: the live connection is cut at its next byte and new ones are reset.
+    proxy.set_mode(ProxyMode::Reset);
+    for i in 0..3 {
+        assert_fails_fast(&conn, &format!("reset, call {i}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_resumes_by_itself_after_kill9_and_restart() {
+    let mut server = RedisServer::builder().aof().start().expect("redis-server");
+    let conn = Connection::connect(opts(&server.url()).worker().with_retry_strategy(
+        RetryStrategy::exponential(
+            Duration::from_millis(50),
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ),
+    ))
+    .await
+    .expect("connect");
+    let _: i64 = conn.query(redis::cmd("INCR").arg("n")).await.expect("INCR");
+    // Let everysec fsync the first write (the plan's A2 window is not under test here).
+    eventually(
+        || async {
+            std::fs::read_dir(server.dir().join("appendonlydir"))
+                .map(|d| {
+                    d.flatten()
+                        .any(|f| f.metadata().map(|m| m.len() > 0).unwrap_or(false))
+                })
+                .unwrap_or(false)
+        },
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("AOF written");
+    let mut events = conn.events();
+    server.kill9().expect("kill -9");
+    wait_event(&mut events, Duration::from_secs(5), |e| {
+        matches!(e, ConnEvent::Close)
+    })
+    .await;
+
+    // Callers issue commands while Redis is down; nobody retries them by hand.
+    let pending: Vec<_> = (0..10)
+        .map(|_| {
+            let c = conn.clone();
+            tokio::spawn(async move { c.query::<i64>(redis::cmd("INCR").arg("n")).await })
+        })
+        .collect();
+    // The scenario: the server stays down for 3 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        pending.iter().all(|p| !p.is_finished()),
+        "calls wait while down"
+    );
+    server.restart().expect("restart");
+    let back = Instant::now();
+    for p in pending {
+        p.await
+            .expect("task")
+            .expect("INCR resumes without caller action");
+    }
+    let resumed = back.elapsed();
+    println!("worker resumed {resumed:?} after the server was back");
+    assert!(
+        resumed < Duration::from_secs(5),
+        "P5: resumed after {resumed:?}"
+    );
+    assert_eq!(get(&conn, "n").await.as_deref(), Some("11"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blocking_connection_is_reestablished_and_never_resends() {
+    let mut server = RedisServer::start().expect("redis-server");
+    let b = BlockingConnection::connect(opts(&server.url()).blocking())
+        .await
+        .expect("connect");
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.block::<Option<(String, String, f64)>>(
+                redis::cmd("BZPOPMIN").arg("z").arg(10),
+                Duration::from_secs(10),
+            )
+            .await
+        })
+    };
+    eventually(
+        || async {
+            server
+                .info_field("blocked_clients")
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("1")
+        },
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("blocked");
+    server.kill9().expect("kill -9");
+    let err = waiter
+        .await
+        .expect("task")
+        .expect_err("the blocking call fails, not resent");
+    assert!(matches!(err, Error::ConnectionLost { .. }), "{err}");
+    server.restart().expect("restart");
+    let c = Connection::connect(opts(&server.url()))
+        .await
+        .expect("connect");
+    let _: i64 = c
+        .query(redis::cmd("ZADD").arg("z").arg(1).arg("m"))
+        .await
+        .expect("ZADD");
+    let got: Option<(String, String, f64)> = b
+        .block(
+            redis::cmd("BZPOPMIN").arg("z").arg(5),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("blocking works again on a new connection");
+    assert_eq!(got.map(|g| g.1), Some("m".into()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_kill_of_everything_reconnects_without_leaks() {
+    let server = RedisServer::start().expect("redis-server");
+    let conns = futures_join((0..3).map(|i| {
+        Connection::connect(
+            opts(&server.url())
+                .worker()
+                .with_client_name(format!("c{i}")),
+        )
+    }))
+    .await;
+    let b = BlockingConnection::connect(opts(&server.url()).blocking())
+        .await
+        .expect("blocking");
+    let before = server.connected_clients().expect("clients");
+    assert_eq!(before, 4);
+    for round in 0..3 {
+        server
+            .admin(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .expect("CLIENT KILL");
+        for c in &conns {
+            eventually(|| async { c.ping().await.is_ok() }, Duration::from_secs(5))
+                .await
+                .expect("reconnected");
+        }
+        eventually(
+            || async { b.connection().ping().await.is_ok() },
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("blocking reconnected");
+        eventually(
+            || async { server.connected_clients().ok() == Some(before) },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "round {round}: {e}: {} clients, expected {before}",
+                server.connected_clients().unwrap_or(0)
+            )
+        });
+    }
+}
+
+async fn futures_join<F: std::future::Future<Output = bullpen_conn::Result<Connection>>>(
+    it: impl Iterator<Item = F>,
+) -> Vec<Connection> {
+    let mut out = Vec::new();
+    for f in it {
+        out.push(f.await.expect("connect"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn black_hole_fires_command_timeout_and_blocking_watchdog() {
+    let server = RedisServer::start().expect("redis-server");
+    let proxy = FaultProxy::start(upstream(&server)).await.expect("proxy");
+    let mut o = opts(&proxy.url()).worker();
+    o.command_timeout = Some(Duration::from_millis(300));
+    o.connect_timeout = Duration::from_millis(500);
+    let conn = Connection::connect(o.clone()).await.expect("connect");
+    let b = BlockingConnection::connect(o.blocking())
+        .await
+        .expect("blocking");
+    conn.ping().await.expect("PING");
+
+    proxy.set_mode(ProxyMode::BlackHole);
+    let err = conn.ping().await.expect_err("black hole");
+    assert!(matches!(err, Error::CommandTimeout { .. }), "{err}");
+
+    let t = Instant::now();
+    let err = b
+        .block::<Option<(String, String, f64)>>(
+            redis::cmd("BZPOPMIN").arg("z").arg("0.2"),
+            Duration::from_millis(200),
+        )
+        .await
+        .expect_err("watchdog");
+    assert!(matches!(err, Error::Watchdog { .. }), "{err}");
+    // P7: no blocking call outstanding longer than block timeout + 1 s (+ scheduling slack).
+    assert!(
+        t.elapsed() < Duration::from_millis(1_700),
+        "{:?}",
+        t.elapsed()
+    );
+
+    proxy.set_mode(ProxyMode::Pass);
+    eventually(
+        || async { conn.ping().await.is_ok() },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("recovers");
+    let got: Option<(String, String, f64)> = b
+        .block(
+            redis::cmd("BZPOPMIN").arg("z").arg("0.2"),
+            Duration::from_millis(200),
+        )
+        .await
+        .expect("blocking works again");
+    assert_eq!(got, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn password_rotation_then_restore_recovers() {
+    let server = RedisServer::builder()
+        .acl_user("app", "old-pw", "~* &* +@all")
+        .start()
+        .expect("redis-server");
+    let conn = Connection::connect(
+        opts(&server.url())
+            .worker()
+            .with_auth(Some("app"), Some("old-pw")),
+    )
+    .await
+    .expect("connect");
+    let mut events = conn.events();
+    server
+        .admin(&["ACL", "SETUSER", "app", "resetpass", ">new-pw"])
+        .expect("rotate");
+    server
+        .admin(&["CLIENT", "KILL", "USER", "app"])
+        .expect("kill app's connections");
+    // Every retry reports an authentication error, not a generic I/O error.
+    for _ in 0..3 {
+        let e = wait_event(&mut events, Duration::from_secs(5), |e| {
+            matches!(e, ConnEvent::Error { .. })
+        })
+        .await;
+        assert!(
+            matches!(&e, ConnEvent::Error { error: Error::Auth { user, .. } } if user == "app"),
+            "{e:?}"
+        );
+    }
+    let pending = {
+        let c = conn.clone();
+        tokio::spawn(async move { c.query::<i64>(redis::cmd("INCR").arg("x")).await })
+    };
+    server
+        .admin(&["ACL", "SETUSER", "app", "resetpass", ">old-pw"])
+        .expect("restore");
+    let n = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("not wedged")
+        .expect("task")
+        .expect("INCR after the password is restored");
+    assert_eq!(n, 1);
+    assert_eq!(conn.state(), ConnState::Ready);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_strategy_that_gives_up_emits_end() {
+    let mut server = RedisServer::start().expect("redis-server");
+    let o = opts(&server.url()).with_retry_strategy(RetryStrategy::limited(
+        3,
+        Duration::from_millis(20),
+        Duration::from_millis(20),
+        Duration::from_millis(50),
+    ));
+    let conn = Connection::connect(o).await.expect("connect");
+    let mut events = conn.events();
+    server.kill9().expect("kill -9");
+    let mut reconnecting = 0;
+    let end = wait_event(&mut events, Duration::from_secs(5), |e| {
+        if matches!(e, ConnEvent::Reconnecting { .. }) {
+            reconnecting += 1;
+        }
+        matches!(e, ConnEvent::End { .. })
+    })
+    .await;
+    assert!(matches!(
+        end,
+        ConnEvent::End {
+            reason: EndReason::RetryStrategyGaveUp
+        }
+    ));
+    assert_eq!(reconnecting, 3);
+    assert_eq!(conn.state(), ConnState::Ended);
+    let err = conn.ping().await.expect_err("ended");
+    assert!(
+        matches!(
+            err,
+            Error::Ended {
+                reason: EndReason::RetryStrategyGaveUp,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("gave up"), "{err}");
+    // Even with the server back, an ended connection stays ended: the caller was told.
+    server.restart().expect("restart");
+    assert!(conn.ping().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_subscriber_lags_instead_of_growing_memory() {
+    let mut server = RedisServer::start().expect("redis-server");
+    let mut o = opts(&server.url()).with_retry_strategy(RetryStrategy::exponential(
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+    ));
+    o.event_capacity = 4;
+    let conn = Connection::connect(o).await.expect("connect");
+    let mut slow = conn.events();
+    let mut fast = conn.events();
+    server.kill9().expect("kill -9");
+    // Each failed attempt emits Error and Reconnecting; wait for far more than the bound.
+    let mut seen = 0;
+    wait_event(&mut fast, Duration::from_secs(10), |e| {
+        if matches!(e, ConnEvent::Reconnecting { .. }) {
+            seen += 1;
+        }
+        seen >= 20
+    })
+    .await;
+    match slow.recv().await {
+        Err(RecvError::Lagged(n)) => assert!(n >= 20, "lost {n}"),
+        other => panic!("expected Lagged, got {other:?}"),
+    }
+    // After the lag report it reads on from the newest retained events.
+    assert!(slow.recv().await.is_ok());
+}
