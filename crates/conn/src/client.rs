@@ -203,9 +203,13 @@ impl Connection {
 
     /// Waits until the connection is ready, within `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        self.link(Some(Instant::now() + timeout), Instant::now(), true)
-            .await
-            .map(|_| ())
+        self.link(
+            "(wait_ready)",
+            Some(Instant::now() + timeout),
+            Instant::now(),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Ends the connection: the supervisor closes the socket and emits `End`; later calls
@@ -235,9 +239,9 @@ impl Connection {
     /// `max_retries_per_request` (failed connect attempts seen while waiting count as retries).
     async fn link(
         &self,
+        command: &str,
         deadline: Option<Instant>,
         started: Instant,
-        offline_allowed: bool,
     ) -> Result<Link> {
         let opts = &self.shared.opts;
         let mut rx = self.shared.state.subscribe();
@@ -255,7 +259,7 @@ impl Connection {
                     failures,
                     last_error,
                 } => {
-                    if !offline_allowed || !opts.enable_offline_queue {
+                    if !opts.enable_offline_queue {
                         return Err(Error::Offline {
                             target: self.shared.target.clone(),
                             last_error: last_error.map(Box::new),
@@ -266,7 +270,7 @@ impl Connection {
                         let seen = failures - first;
                         if seen > u64::from(max) {
                             return Err(Error::MaxRetriesPerRequest {
-                                command: "(waiting for a connection)".into(),
+                                command: command.to_owned(),
                                 retries: u32::try_from(seen).unwrap_or(u32::MAX),
                                 last: Box::new(e.clone()),
                             });
@@ -374,7 +378,7 @@ impl Connection {
         let deadline = opts.request_deadline.map(|d| started + d);
         let mut retries: u32 = 0;
         loop {
-            let link = self.link(deadline, started, true).await?;
+            let link = self.link(name, deadline, started).await?;
             let mut per_try = opts.command_timeout;
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
@@ -502,7 +506,7 @@ impl BlockingConnection {
         let name = command_name(cmd.args_iter().next());
         let started = Instant::now();
         let deadline = c.shared.opts.request_deadline.map(|d| started + d);
-        let link = c.link(deadline, started, true).await?;
+        let link = c.link(&name, deadline, started).await?;
         let watchdog = block_timeout + c.shared.opts.watchdog_margin;
         let mut conn = link.conn.clone();
         let result = tokio::time::timeout(watchdog, cmd.query_async::<Value>(&mut conn)).await;

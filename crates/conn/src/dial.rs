@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisConnectionInfo, RedisError, ServerErrorKind};
+use redis::{AsyncConnectionConfig, ErrorKind, RedisConnectionInfo, RedisError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::task::JoinHandle;
@@ -85,10 +85,6 @@ fn classify(opts: &RedisOptions, step: Step, e: RedisError) -> Error {
         (_, Step::Select) => Error::InvalidOptions {
             field: "db",
             reason: format!("the server refused SELECT {}: {}", opts.db, detail()),
-        },
-        _ if e.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading) => Error::Server {
-            command: step.command().into(),
-            source: e,
         },
         _ => Error::Server {
             command: step.command().into(),

@@ -317,7 +317,8 @@ impl RedisOptions {
             connect_timeout: DEFAULT_PRODUCER_DEADLINE,
             command_timeout: Some(DEFAULT_PRODUCER_DEADLINE),
             request_deadline: Some(DEFAULT_PRODUCER_DEADLINE),
-            max_retries_per_request: Some(1),
+            // The deadline bounds the call; within it, ride out a short blip.
+            max_retries_per_request: None,
             enable_offline_queue: true,
             retry_strategy: RetryStrategy::exponential(
                 Duration::from_millis(100),
@@ -534,10 +535,12 @@ mod tests {
 
     #[test]
     fn validation_rejects_nonsense() {
-        let mut o = RedisOptions::default();
-        o.endpoint = Endpoint::Tcp {
-            host: "h".into(),
-            port: 0,
+        let o = RedisOptions {
+            endpoint: Endpoint::Tcp {
+                host: "h".into(),
+                port: 0,
+            },
+            ..RedisOptions::default()
         };
         assert!(matches!(
             o.validate(),

@@ -108,7 +108,7 @@ async fn unix_socket_and_acl_user() {
         .await
         .expect("SET in allowed keyspace");
     let who: String = conn
-        .query(&redis::cmd("ACL").arg("WHOAMI"))
+        .query(redis::cmd("ACL").arg("WHOAMI"))
         .await
         .expect("WHOAMI");
     assert_eq!(who, "app");
@@ -185,7 +185,7 @@ async fn blocking_connection_blocks_and_answers() {
     let got = waiter.await.expect("task").expect("BZPOPMIN");
     assert_eq!(got.map(|(k, m, _)| (k, m)), Some(("z".into(), "m".into())));
     let err = b
-        .block::<()>(&redis::cmd("BZPOPMIN").arg("z").arg(0), Duration::ZERO)
+        .block::<()>(redis::cmd("BZPOPMIN").arg("z").arg(0), Duration::ZERO)
         .await
         .expect_err("zero block timeout");
     assert!(matches!(
