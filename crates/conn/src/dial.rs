@@ -106,12 +106,6 @@ pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Resul
     let attempt = async {
         match &opts.endpoint {
             Endpoint::Tcp { host, port } => {
-                if opts.tls.is_some() {
-                    return Err(Error::Tls {
-                        target: opts.redacted_target(),
-                        detail: "TLS connections are not implemented yet (tracked by the integration-matrix issue); use redis:// or redis+unix://".into(),
-                    });
-                }
                 let stream = TcpStream::connect((host.as_str(), *port))
                     .await
                     .map_err(|e| socket_error(opts, e))?;
@@ -128,7 +122,13 @@ pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Resul
                         .map_err(|e| socket_error(opts, e))?;
                 }
                 on_socket();
-                handshake(opts, stream).await
+                match &opts.tls {
+                    Some(tls) => {
+                        let stream = crate::tls::wrap(opts, tls, host, stream).await?;
+                        handshake(opts, stream).await
+                    }
+                    None => handshake(opts, stream).await,
+                }
             }
             Endpoint::Unix { path } => {
                 let stream = UnixStream::connect(path)
@@ -145,6 +145,11 @@ pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Resul
             return Err(Error::ConnectTimeout {
                 target: opts.redacted_target(),
                 after: opts.connect_timeout,
+                hint: if opts.tls.is_some() {
+                    "a TLS client against a plain redis port waits like this; check the port"
+                } else {
+                    "is something listening that is not redis, or is the network dropping packets?"
+                },
             })
         }
     };

@@ -49,12 +49,14 @@ pub enum Error {
         source: Arc<std::io::Error>,
     },
     /// Connect plus handshake took longer than `connect_timeout`.
-    #[error("connecting to {target} timed out after {after:?} (is something listening that is not redis, or is the network dropping packets?)")]
+    #[error("connecting to {target} timed out after {after:?} ({hint})")]
     ConnectTimeout {
         /// Redacted target.
         target: String,
         /// The timeout.
         after: Duration,
+        /// What usually causes it.
+        hint: &'static str,
     },
     /// `AUTH` was refused, or the server needs a password that was not given.
     #[error("authentication failed at {target} for user `{user}`: {detail}")]

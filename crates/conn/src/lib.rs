@@ -42,6 +42,7 @@ mod health;
 mod info;
 mod options;
 mod pool;
+mod tls;
 mod url;
 
 pub use client::{BlockingConnection, Connection};

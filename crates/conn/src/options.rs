@@ -71,8 +71,8 @@ pub struct TlsOptions {
     pub cert_file: Option<PathBuf>,
     /// PEM private key of the client certificate.
     pub key_file: Option<PathBuf>,
-    /// Skip certificate verification (tests only; never in production).
-    pub insecure: bool,
+    /// Name to verify in the server's certificate; the host name when `None`.
+    pub server_name: Option<String>,
 }
 
 /// What to do when the server's `maxmemory-policy` is not `noeviction`.
@@ -303,7 +303,7 @@ impl Default for RedisOptions {
 impl RedisOptions {
     /// Parses `redis://[[user]:password@]host[:port][/db]`, `rediss://…` (TLS) and
     /// `redis+unix:///path/to/socket[?db=N]` (also `unix://`). Query parameters:
-    /// `db`, `client_name`, and for TLS `tls_ca`, `tls_cert`, `tls_key`, `insecure`.
+    /// `db`, `client_name`, and for TLS `tls_ca`, `tls_cert`, `tls_key`, `tls_server_name`.
     pub fn from_url(url: &str) -> Result<Self> {
         crate::url::parse(url)
     }

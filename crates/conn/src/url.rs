@@ -105,7 +105,7 @@ pub(crate) fn parse(raw: &str) -> Result<RedisOptions> {
                     .map_err(|_| invalid(raw, format!("database `{v}` is not a number")))?
             }
             "client_name" | "name" => opts.client_name = Some(v.into_owned()),
-            "tls_ca" | "tls_cert" | "tls_key" | "insecure" => {
+            "tls_ca" | "tls_cert" | "tls_key" | "tls_server_name" => {
                 let Some(tls) = opts.tls.as_mut() else {
                     return Err(invalid(raw, format!("`{k}` needs a rediss:// URL")));
                 };
@@ -113,7 +113,7 @@ pub(crate) fn parse(raw: &str) -> Result<RedisOptions> {
                     "tls_ca" => tls.ca_file = Some(PathBuf::from(v.as_ref())),
                     "tls_cert" => tls.cert_file = Some(PathBuf::from(v.as_ref())),
                     "tls_key" => tls.key_file = Some(PathBuf::from(v.as_ref())),
-                    _ => tls.insecure = matches!(v.as_ref(), "1" | "true" | "yes"),
+                    _ => tls.server_name = Some(v.into_owned()),
                 }
             }
             other => return Err(invalid(raw, format!("unknown parameter `{other}`"))),

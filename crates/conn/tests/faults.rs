@@ -447,3 +447,104 @@ async fn a_slow_subscriber_lags_instead_of_growing_memory() {
     // After the lag report it reads on from the newest retained events.
     assert!(slow.recv().await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loading_after_a_restart_is_waited_out_not_surfaced() {
+    // key-load-delay (µs per key) stretches loading so that the window is certain, and a
+    // small event interval lets the server answer (LOADING, INFO) while it loads.
+    let mut server = RedisServer::builder()
+        .aof()
+        .config("key-load-delay", "200")
+        .config("loading-process-events-interval-bytes", "1024")
+        .start()
+        .expect("redis-server");
+    server
+        .admin(&["DEBUG", "POPULATE", "10000"])
+        .expect("populate");
+    server.admin(&["BGREWRITEAOF"]).expect("rewrite");
+    eventually(
+        || async {
+            server
+                .info_field("aof_rewrite_in_progress")
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("0")
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("rewrite done");
+    let existing = Connection::connect(opts(&server.url()).worker())
+        .await
+        .expect("connect");
+    let mut events = existing.events();
+    server.kill9().expect("kill -9");
+    wait_event(&mut events, Duration::from_secs(5), |e| {
+        matches!(e, ConnEvent::Close)
+    })
+    .await;
+    server.restart_no_wait().expect("restart");
+    assert_eq!(
+        server.info_field("loading").expect("INFO").as_deref(),
+        Some("1"),
+        "precondition: the server is still loading"
+    );
+    // A connection made during loading, and one that reconnects during loading, both wait
+    // for the dataset instead of handing LOADING to the caller.
+    let fresh = Connection::connect(opts(&server.url()).producer().with_request_deadline(None))
+        .await
+        .expect("connect during loading");
+    assert_eq!(get(&fresh, "key:1").await.as_deref(), Some("value:1"));
+    assert_eq!(
+        get(&existing, "key:9999").await.as_deref(),
+        Some("value:9999")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readonly_reconnects_and_resends_until_the_master_is_back() {
+    let server = RedisServer::start().expect("redis-server");
+    let master = RedisServer::start().expect("redis-server");
+    let conn = Connection::connect(opts(&server.url()).worker())
+        .await
+        .expect("connect");
+    let bounded = Connection::connect(opts(&server.url()).with_max_retries_per_request(Some(2)))
+        .await
+        .expect("connect");
+    // Demote the server, as a failover does.
+    server
+        .admin(&["REPLICAOF", "127.0.0.1", &master.port().to_string()])
+        .expect("REPLICAOF");
+    let err = bounded
+        .query::<()>(redis::cmd("SET").arg("k").arg("v"))
+        .await
+        .expect_err("a replica refuses writes");
+    match &err {
+        Error::MaxRetriesPerRequest { last, retries, .. } => {
+            assert_eq!(*retries, 2);
+            assert_eq!(last.server_code(), Some("READONLY"), "{err}");
+        }
+        other => panic!("expected MaxRetriesPerRequest, got {other}"),
+    }
+    let mut events = conn.events();
+    let write = {
+        let c = conn.clone();
+        tokio::spawn(async move { c.query::<()>(redis::cmd("SET").arg("k").arg("v")).await })
+    };
+    // The worker keeps reconnecting and resending while the endpoint is a replica.
+    for _ in 0..2 {
+        wait_event(&mut events, Duration::from_secs(5), |e| {
+            matches!(e, ConnEvent::Ready { .. })
+        })
+        .await;
+    }
+    assert!(!write.is_finished());
+    server.admin(&["REPLICAOF", "NO", "ONE"]).expect("promote");
+    tokio::time::timeout(Duration::from_secs(5), write)
+        .await
+        .expect("write finishes once the endpoint is a master again")
+        .expect("task")
+        .expect("SET");
+    assert_eq!(get(&conn, "k").await.as_deref(), Some("v"));
+}

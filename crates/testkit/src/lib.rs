@@ -19,6 +19,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod certs;
 mod fake;
 mod proxy;
 mod server;

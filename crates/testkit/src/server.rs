@@ -17,6 +17,7 @@ pub struct RedisServerOptions {
     acl_users: Vec<(String, String, String)>,
     unix_socket: bool,
     maxmemory_policy: Option<String>,
+    tls: Option<bool>,
     extra: Vec<(String, String)>,
 }
 
@@ -42,6 +43,12 @@ impl RedisServerOptions {
         self.unix_socket = true;
         self
     }
+    /// Also listen with TLS on a second port, with a CA, server and client certificate made
+    /// at start-up by `openssl`. `require_client_cert` turns on mutual TLS.
+    pub fn tls(mut self, require_client_cert: bool) -> Self {
+        self.tls = Some(require_client_cert);
+        self
+    }
     /// `maxmemory-policy`.
     pub fn maxmemory_policy(mut self, p: &str) -> Self {
         self.maxmemory_policy = Some(p.into());
@@ -63,6 +70,7 @@ impl RedisServerOptions {
 pub struct RedisServer {
     opts: RedisServerOptions,
     port: u16,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -106,11 +114,19 @@ impl RedisServer {
             let mut server = Self {
                 opts: opts.clone(),
                 port: free_port()?,
+                tls_port: if opts.tls.is_some() {
+                    Some(free_port()?)
+                } else {
+                    None
+                },
                 dir: tempfile::Builder::new()
                     .prefix("bullpen-redis-")
                     .tempdir()?,
                 child: None,
             };
+            if let Some(mutual) = opts.tls {
+                crate::certs::make(server.dir.path(), mutual)?;
+            }
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(e) => last = Some(e),
@@ -142,6 +158,16 @@ impl RedisServer {
                 self.socket_path().display()
             ));
         }
+        if let (Some(tls_port), Some(mutual)) = (self.tls_port, o.tls) {
+            let d = self.dir.path();
+            conf.push_str(&format!(
+                "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients {}\n",
+                d.join("server.crt").display(),
+                d.join("server.key").display(),
+                d.join("ca.crt").display(),
+                if mutual { "yes" } else { "no" },
+            ));
+        }
         if let Some(p) = &o.maxmemory_policy {
             conf.push_str(&format!("maxmemory-policy {p}\n"));
         }
@@ -154,6 +180,11 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
+        self.spawn_process()?;
+        self.wait_ready(Duration::from_secs(10))
+    }
+
+    fn spawn_process(&mut self) -> io::Result<()> {
         let conf = self.write_config()?;
         let child = Command::new(redis_server_binary()?)
             .arg(&conf)
@@ -162,10 +193,10 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()?;
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(10))
+        Ok(())
     }
 
-    /// Waits until the server answers `PING` and has finished loading.
+    /// Waits until the server answers `PING` and `INFO` shows `loading:0`.
     pub fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
         let start = Instant::now();
         loop {
@@ -178,10 +209,10 @@ impl RedisServer {
                     )));
                 }
             }
-            if let Ok(r) = self.admin(&["PING"]) {
-                if r == "PONG" {
-                    return Ok(());
-                }
+            if self.admin(&["PING"]).is_ok_and(|r| r == "PONG")
+                && self.info_field("loading").ok().flatten().as_deref() == Some("0")
+            {
+                return Ok(());
             }
             if start.elapsed() > timeout {
                 return Err(io::Error::new(
@@ -207,6 +238,17 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT` (no credentials).
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port, when TLS is on.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// Paths of the CA certificate, client certificate and client key (TLS only).
+    pub fn tls_files(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let d = self.dir.path();
+        (d.join("ca.crt"), d.join("client.crt"), d.join("client.key"))
     }
 
     /// The data directory.
@@ -259,6 +301,30 @@ impl RedisServer {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Starts the server again without waiting for it to finish loading its dataset: returns
+    /// as soon as it answers `PING`, with `PONG` or with a `LOADING` error.
+    pub fn restart_no_wait(&mut self) -> io::Result<()> {
+        if self.child.is_some() {
+            self.kill9()?;
+        }
+        self.spawn_process()?;
+        let start = Instant::now();
+        let up = |r: io::Result<String>| match r {
+            Ok(pong) => pong == "PONG",
+            Err(e) => e.to_string().starts_with("LOADING"),
+        };
+        while !up(self.admin(&["PING"])) {
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "redis-server did not answer PING",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// SIGSTOP: the server freezes, sockets stay open.
