@@ -188,6 +188,16 @@ impl Connection {
         }
     }
 
+    /// How many calls are waiting for a connection right now (the offline queue's length;
+    /// its bound is `offline_queue_limit`). Useful as a metric during outages.
+    pub fn waiting_calls(&self) -> usize {
+        self.shared
+            .opts
+            .offline_queue_limit
+            .max(1)
+            .saturating_sub(self.shared.offline.available_permits())
+    }
+
     /// The options this connection was made with.
     pub fn options(&self) -> &RedisOptions {
         &self.shared.opts

@@ -548,3 +548,100 @@ async fn readonly_reconnects_and_resends_until_the_master_is_back() {
         .expect("SET");
     assert_eq!(get(&conn, "k").await.as_deref(), Some("v"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigstop_times_commands_out_and_sigcont_recovers() {
+    let server = RedisServer::start().expect("redis-server");
+    let mut o = opts(&server.url()).worker();
+    o.command_timeout = Some(Duration::from_millis(300));
+    o.connect_timeout = Duration::from_millis(500);
+    let conn = Connection::connect(o).await.expect("connect");
+    conn.ping().await.expect("PING");
+    server.pause().expect("SIGSTOP");
+    let err = conn
+        .ping()
+        .await
+        .expect_err("a stopped server does not answer");
+    assert!(matches!(err, Error::CommandTimeout { .. }), "{err}");
+    assert_eq!(err.applied(), bullpen_conn::Applied::Unknown);
+    server.resume().expect("SIGCONT");
+    eventually(
+        || async { conn.ping().await.is_ok() },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("recovers after SIGCONT");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn added_latency_is_felt_and_bounded_by_the_command_timeout() {
+    let server = RedisServer::start().expect("redis-server");
+    let proxy = FaultProxy::start(upstream(&server)).await.expect("proxy");
+    let conn = Connection::connect(opts(&proxy.url()).worker())
+        .await
+        .expect("connect");
+    let strict = Connection::connect(
+        opts(&proxy.url())
+            .worker()
+            .with_command_timeout(Some(Duration::from_millis(150))),
+    )
+    .await
+    .expect("connect");
+    proxy.set_mode(ProxyMode::Latency(Duration::from_millis(120)));
+    let t = Instant::now();
+    conn.ping().await.expect("slow but fine");
+    // 120 ms each way.
+    assert!(
+        t.elapsed() >= Duration::from_millis(240),
+        "{:?}",
+        t.elapsed()
+    );
+    let err = strict.ping().await.expect_err("slower than its timeout");
+    assert!(matches!(err, Error::CommandTimeout { .. }), "{err}");
+    proxy.set_mode(ProxyMode::Pass);
+    eventually(
+        || async { strict.ping().await.is_ok() },
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("fast again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_offline_queue_is_bounded() {
+    let mut server = RedisServer::start().expect("redis-server");
+    let mut o = opts(&server.url()).worker();
+    o.offline_queue_limit = 2;
+    let conn = Connection::connect(o).await.expect("connect");
+    let mut events = conn.events();
+    server.kill9().expect("kill -9");
+    wait_event(&mut events, Duration::from_secs(5), |e| {
+        matches!(e, ConnEvent::Close)
+    })
+    .await;
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let c = conn.clone();
+            tokio::spawn(async move { c.ping().await })
+        })
+        .collect();
+    // Both waiters hold their place before the third call arrives.
+    eventually(
+        || async { conn.waiting_calls() == 2 },
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("two calls wait for the connection");
+    let err = conn.ping().await.expect_err("the queue is full");
+    assert!(
+        matches!(err, Error::OfflineQueueFull { limit: 2, .. }),
+        "{err}"
+    );
+    assert_eq!(err.applied(), bullpen_conn::Applied::No);
+    server.restart().expect("restart");
+    for w in waiting {
+        w.await
+            .expect("task")
+            .expect("queued calls complete after the restart");
+    }
+}
