@@ -6,6 +6,7 @@
 //!   restart, shown live with the measured times.
 
 mod demo;
+mod interop;
 mod redis_install;
 mod test;
 

@@ -48,6 +48,7 @@ fn cargo() -> Command {
 
 pub fn run(_args: &[String]) -> Result<()> {
     ensure_redis()?;
+    crate::interop::ensure_node_deps()?;
     let mut t = Tally::default();
 
     println!("==> cargo fmt --all --check");

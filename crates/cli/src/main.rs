@@ -1,10 +1,11 @@
 //! `bullpen`: the command-line tool.
 //!
-//! Today it has `doctor`, which checks a Redis server as a production guide would. The job
-//! commands (`add`, `work`, `events`, `stats`, ...) arrive with the producer, worker and
-//! events crates.
+//! `doctor` checks a Redis server as a production guide would; `add`, `stats`, `job`, `jobs`,
+//! `pause` and `resume` work on BullMQ queues. Every queue command takes `--url` (or
+//! `BULLPEN_URL`) and `--prefix`.
 
 mod doctor;
+mod queue_cmd;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -24,8 +25,113 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct QueueArgs {
+    /// Server URL (redis://, rediss://, redis+unix://).
+    #[arg(
+        long,
+        env = "BULLPEN_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    url: String,
+    /// Key prefix of the queues.
+    #[arg(long, default_value = "bull", global = true)]
+    prefix: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Add jobs and print their ids, one per line. DATA_JSON `-` reads JSON lines from stdin.
+    Add {
+        /// Queue name.
+        queue: String,
+        /// Job name.
+        name: String,
+        /// Job data as JSON, or `-` for JSON lines on stdin.
+        data: String,
+        /// Delay in milliseconds.
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// Priority, 1 (highest) to 2097151; 0 or absent for none.
+        #[arg(long)]
+        priority: Option<u32>,
+        /// Run this job before the others that wait.
+        #[arg(long)]
+        lifo: bool,
+        /// Attempts before the job fails for good.
+        #[arg(long)]
+        attempts: Option<u32>,
+        /// Backoff between attempts: fixed:MS or exponential:MS.
+        #[arg(long)]
+        backoff: Option<String>,
+        /// Custom job id.
+        #[arg(long)]
+        job_id: Option<String>,
+        /// Deduplication id.
+        #[arg(long)]
+        dedup_id: Option<String>,
+        /// Deduplication window in milliseconds (throttle mode).
+        #[arg(long)]
+        dedup_ttl_ms: Option<u64>,
+        /// Completed jobs to keep: a count, or `all` to remove each at once.
+        #[arg(long)]
+        remove_on_complete: Option<String>,
+        /// Add this many copies.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// Job counts by state: a table, or JSON with --json.
+    Stats {
+        /// Queue name.
+        queue: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// One job, whole, as JSON.
+    Job {
+        /// Queue name.
+        queue: String,
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// Jobs in one state, one JSON object per line (newest first).
+    Jobs {
+        /// Queue name.
+        queue: String,
+        /// waiting, active, delayed, prioritized, completed, failed or waiting-children.
+        #[arg(long)]
+        state: String,
+        /// First rank.
+        #[arg(long, default_value_t = 0)]
+        start: i64,
+        /// Last rank (inclusive; -1 = the last).
+        #[arg(long, default_value_t = 99)]
+        end: i64,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// Pause a queue: workers stop taking jobs.
+    Pause {
+        /// Queue name.
+        queue: String,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// Queue name.
+        queue: String,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
     /// Check a Redis server for production use: version, eviction policy, role,
     /// persistence, maxclients and latency. Exits non-zero if any check fails.
     Doctor {
@@ -45,14 +151,87 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Doctor { url } => match run_doctor(&url).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("bullpen doctor: {e}");
-                ExitCode::from(2)
+    let target = |t: QueueArgs| queue_cmd::Target {
+        url: t.url,
+        prefix: t.prefix,
+    };
+    let result = match cli.command {
+        Command::Add {
+            queue,
+            name,
+            data,
+            delay_ms,
+            priority,
+            lifo,
+            attempts,
+            backoff,
+            job_id,
+            dedup_id,
+            dedup_ttl_ms,
+            remove_on_complete,
+            count,
+            target: t,
+        } => {
+            let args = queue_cmd::AddArgs {
+                delay_ms,
+                priority,
+                lifo,
+                attempts,
+                backoff,
+                job_id,
+                dedup_id,
+                dedup_ttl_ms,
+                remove_on_complete,
+                count,
+            };
+            queue_cmd::add(&target(t), &queue, &name, &data, &args)
+                .await
+                .map(|()| true)
+        }
+        Command::Stats {
+            queue,
+            json,
+            target: t,
+        } => queue_cmd::stats(&target(t), &queue, json)
+            .await
+            .map(|()| true),
+        Command::Job {
+            queue,
+            id,
+            target: t,
+        } => queue_cmd::job(&target(t), &queue, &id).await,
+        Command::Jobs {
+            queue,
+            state,
+            start,
+            end,
+            target: t,
+        } => queue_cmd::jobs(&target(t), &queue, &state, start, end)
+            .await
+            .map(|()| true),
+        Command::Pause { queue, target: t } => queue_cmd::pause(&target(t), &queue, true)
+            .await
+            .map(|()| true),
+        Command::Resume { queue, target: t } => queue_cmd::pause(&target(t), &queue, false)
+            .await
+            .map(|()| true),
+        Command::Doctor { url } => {
+            return match run_doctor(&url).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("bullpen doctor: {e}");
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bullpen: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -21,6 +21,7 @@
 
 mod certs;
 mod fake;
+pub mod node;
 mod proxy;
 mod server;
 
