@@ -1,7 +1,8 @@
 //! `bullpen`: the command-line tool.
 //!
 //! `doctor` checks a Redis server as a production guide would; `add`, `stats`, `job`, `jobs`,
-//! `pause` and `resume` work on BullMQ queues. Every queue command takes `--url` (or
+//! `pause`, `resume`, `drain`, `clean`, `obliterate`, `retry` and `promote` work on BullMQ
+//! queues. Every queue command takes `--url` (or
 //! `BULLPEN_URL`) and `--prefix`.
 
 mod doctor;
@@ -132,6 +133,63 @@ enum Command {
         #[command(flatten)]
         target: QueueArgs,
     },
+    /// Delete every waiting job (and delayed ones with --delayed).
+    Drain {
+        /// Queue name.
+        queue: String,
+        /// Also delete delayed jobs.
+        #[arg(long)]
+        delayed: bool,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// Delete jobs of one state older than a grace period; prints their ids.
+    Clean {
+        /// Queue name.
+        queue: String,
+        /// completed, failed, delayed, prioritized, waiting or active.
+        #[arg(long, default_value = "completed")]
+        state: String,
+        /// Keep jobs younger than this many milliseconds.
+        #[arg(long, default_value_t = 0)]
+        grace_ms: u64,
+        /// Delete at most this many (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// Delete a queue and all its jobs (refused while jobs are active, unless --force).
+    Obliterate {
+        /// Queue name.
+        queue: String,
+        /// Also when jobs are active.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// Retry one finished job by id, or every job of --state (failed by default).
+    Retry {
+        /// Queue name.
+        queue: String,
+        /// A job id; without it, every job of --state.
+        id: Option<String>,
+        /// failed or completed.
+        #[arg(long, default_value = "failed")]
+        state: String,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// Run one delayed job now, or every delayed job.
+    Promote {
+        /// Queue name.
+        queue: String,
+        /// A job id; without it, every delayed job.
+        id: Option<String>,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
     /// Check a Redis server for production use: version, eviction policy, role,
     /// persistence, maxclients and latency. Exits non-zero if any check fails.
     Doctor {
@@ -213,6 +271,44 @@ async fn main() -> ExitCode {
             .await
             .map(|()| true),
         Command::Resume { queue, target: t } => queue_cmd::pause(&target(t), &queue, false)
+            .await
+            .map(|()| true),
+        Command::Drain {
+            queue,
+            delayed,
+            target: t,
+        } => queue_cmd::drain(&target(t), &queue, delayed)
+            .await
+            .map(|()| true),
+        Command::Clean {
+            queue,
+            state,
+            grace_ms,
+            limit,
+            target: t,
+        } => queue_cmd::clean(&target(t), &queue, &state, grace_ms, limit)
+            .await
+            .map(|()| true),
+        Command::Obliterate {
+            queue,
+            force,
+            target: t,
+        } => queue_cmd::obliterate(&target(t), &queue, force)
+            .await
+            .map(|()| true),
+        Command::Retry {
+            queue,
+            id,
+            state,
+            target: t,
+        } => queue_cmd::retry(&target(t), &queue, id.as_deref(), &state)
+            .await
+            .map(|()| true),
+        Command::Promote {
+            queue,
+            id,
+            target: t,
+        } => queue_cmd::promote(&target(t), &queue, id.as_deref())
             .await
             .map(|()| true),
         Command::Doctor { url } => {

@@ -236,3 +236,69 @@ pub async fn pause(t: &Target, queue: &str, pause: bool) -> CmdResult<()> {
     }
     Ok(())
 }
+
+/// `bullpen drain`.
+pub async fn drain(t: &Target, queue: &str, delayed: bool) -> CmdResult<()> {
+    let n = t.open(queue).await?.drain(delayed).await?;
+    println!("drained {n} jobs from {queue}");
+    Ok(())
+}
+
+/// `bullpen clean`: prints the ids removed, one per line.
+pub async fn clean(
+    t: &Target,
+    queue: &str,
+    state: &str,
+    grace_ms: u64,
+    limit: u64,
+) -> CmdResult<()> {
+    let s = JobState::parse(state).ok_or_else(|| format!("unknown state `{state}`"))?;
+    let q = t.open(queue).await?;
+    for id in q
+        .clean(std::time::Duration::from_millis(grace_ms), limit, s)
+        .await?
+    {
+        println!("{id}");
+    }
+    Ok(())
+}
+
+/// `bullpen obliterate`.
+pub async fn obliterate(t: &Target, queue: &str, force: bool) -> CmdResult<()> {
+    t.open(queue).await?.obliterate(force).await?;
+    println!("queue {queue} obliterated");
+    Ok(())
+}
+
+/// `bullpen retry`: one job by id, or every job of a finished state.
+pub async fn retry(t: &Target, queue: &str, id: Option<&str>, state: &str) -> CmdResult<()> {
+    let q = t.open(queue).await?;
+    match id {
+        Some(id) => {
+            q.retry(id, false).await?;
+            println!("job {id} retried");
+        }
+        None => {
+            let s = JobState::parse(state).ok_or_else(|| format!("unknown state `{state}`"))?;
+            q.retry_jobs(s, None).await?;
+            println!("{state} jobs of {queue} retried");
+        }
+    }
+    Ok(())
+}
+
+/// `bullpen promote`: one delayed job by id, or all of them.
+pub async fn promote(t: &Target, queue: &str, id: Option<&str>) -> CmdResult<()> {
+    let q = t.open(queue).await?;
+    match id {
+        Some(id) => {
+            q.promote(id).await?;
+            println!("job {id} promoted");
+        }
+        None => {
+            q.promote_jobs().await?;
+            println!("delayed jobs of {queue} promoted");
+        }
+    }
+    Ok(())
+}

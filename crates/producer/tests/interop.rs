@@ -300,11 +300,16 @@ async fn node_queue_events_receive_rust_events() {
     q.remove(&a).await.expect("remove");
     q.pause().await.expect("pause");
     q.resume().await.expect("resume");
+    let cleaned = q
+        .clean(Duration::ZERO, 0, JobState::Waiting)
+        .await
+        .expect("clean");
+    assert_eq!(cleaned.len(), 2, "c1 and the dedup owner were waiting");
     // added+waiting (a), added+delayed, added+waiting (c1), duplicated, added+waiting (owner),
-    // deduplicated, removed, paused, resumed = 13 events.
+    // deduplicated, removed, paused, resumed, cleaned = 14 events.
     let out = node(
         "events.mjs",
-        json!({"url": server.url(), "queue": "ev", "expect": 13}),
+        json!({"url": server.url(), "queue": "ev", "expect": 14}),
     )
     .await;
     assert_eq!(out["timedOut"], false, "{out}");
@@ -345,4 +350,11 @@ async fn node_queue_events_receive_rust_events() {
     assert_eq!(rm[0]["prev"], "wait");
     assert_eq!(find("paused").len(), 1);
     assert_eq!(find("resumed").len(), 1);
+    let cl = find("cleaned");
+    assert_eq!(cl.len(), 1);
+    assert_eq!(
+        cl[0]["count"], "2",
+        "stream fields arrive as text: {}",
+        cl[0]
+    );
 }
