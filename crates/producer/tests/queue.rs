@@ -349,6 +349,48 @@ async fn deduplication_modes() {
         .await
         .expect("PTTL");
     assert_eq!(pttl, -1, "no TTL while a next job waits");
+
+    // Reschedule: a hit on a delayed owner moves it to the new add's due time.
+    let mut rs = dedup("rs");
+    rs.reschedule = true;
+    let mut first = with_dedup(rs.clone());
+    first.delay_ms = 60_000;
+    first.timestamp_ms = Some(1_795_000_000_000);
+    let owner = q.add("d", &json!(1), first).await.expect("add");
+    let mut second = with_dedup(rs);
+    second.delay_ms = 5_000;
+    second.timestamp_ms = Some(1_795_000_100_000);
+    let hit = q.add("d", &json!(2), second).await.expect("hit");
+    assert_eq!(
+        (hit.id.as_str(), hit.status),
+        (owner.id.as_str(), AddStatus::Deduplicated)
+    );
+    let score: f64 = conn
+        .query(redis::cmd("ZSCORE").arg("bull:q:delayed").arg(&owner.id))
+        .await
+        .expect("ZSCORE");
+    assert_eq!(
+        score,
+        1_795_000_105_000.0 * 4096.0,
+        "due = incoming timestamp + incoming delay"
+    );
+    assert_eq!(
+        hash(&conn, &format!("bull:q:{}", owner.id)).await["delay"],
+        "5000"
+    );
+    let last = events(&conn).await;
+    assert_eq!(
+        last[last.len() - 1],
+        vec![
+            "event",
+            "delayed",
+            "jobId",
+            owner.id.as_str(),
+            "delay",
+            "1795000105000"
+        ]
+    );
+    assert_eq!(last[last.len() - 2][1], "deduplicated");
 }
 
 #[tokio::test(flavor = "multi_thread")]
