@@ -7,6 +7,7 @@
 
 mod doctor;
 mod queue_cmd;
+mod work_cmd;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -130,6 +131,33 @@ enum Command {
     Resume {
         /// Queue name.
         queue: String,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// Process jobs by running CMD once per job: the job as JSON on its stdin, its stdout
+    /// (JSON, or text stored as a JSON string) as the return value, a non-zero exit as a
+    /// failure whose reason is the last line of stderr. Stops gracefully on SIGINT/SIGTERM.
+    Work {
+        /// Queue name.
+        queue: String,
+        /// Shell command run per job.
+        #[arg(long)]
+        exec: String,
+        /// Jobs at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Kill a job's command after this many milliseconds (the job fails).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Stop after this many jobs finished.
+        #[arg(long)]
+        max_jobs: Option<u64>,
+        /// Stop once nothing is left to do.
+        #[arg(long)]
+        exit_when_drained: bool,
+        /// Grace period for running jobs at shutdown, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        grace_ms: u64,
         #[command(flatten)]
         target: QueueArgs,
     },
@@ -311,6 +339,28 @@ async fn main() -> ExitCode {
         } => queue_cmd::promote(&target(t), &queue, id.as_deref())
             .await
             .map(|()| true),
+        Command::Work {
+            queue,
+            exec,
+            concurrency,
+            timeout_ms,
+            max_jobs,
+            exit_when_drained,
+            grace_ms,
+            target: t,
+        } => {
+            let args = work_cmd::WorkArgs {
+                exec,
+                concurrency,
+                timeout_ms,
+                max_jobs,
+                exit_when_drained,
+                grace_ms,
+            };
+            work_cmd::work(&target(t), &queue, args)
+                .await
+                .map(|()| true)
+        }
         Command::Doctor { url } => {
             return match run_doctor(&url).await {
                 Ok(code) => code,

@@ -6,10 +6,12 @@
 pub mod error;
 pub mod events;
 pub mod job;
+pub mod job_ops;
 pub mod keys;
 pub mod opts;
 pub mod score;
 pub mod script;
+pub mod worker_ops;
 
 pub use error::{Error, RefusalCode, Result};
 pub use keys::{JobState, QueueKeys, DEFAULT_PREFIX};

@@ -10,7 +10,9 @@ use bullpen_producer::{JobOptions, Queue, QueueOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let conn = Connection::connect(RedisOptions::from_url(&url)?.producer()).await?;
     let queue = Queue::new(conn, "emails", QueueOptions::default()).await?;
     let mut opts = JobOptions::default();
@@ -19,6 +21,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let added = queue
         .add("welcome", &serde_json::json!({"to": "a@example.com"}), opts)
         .await?;
-    println!("job {} {:?}", added.id, queue.get_job_state(&added.id).await?);
+    println!(
+        "job {} {:?}",
+        added.id,
+        queue.get_job_state(&added.id).await?
+    );
     Ok(())
 }

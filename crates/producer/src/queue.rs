@@ -8,10 +8,10 @@ use bullpen_conn::Connection;
 use bullpen_core::job::{CorruptJob, Job};
 use bullpen_core::opts::{JobOptions, KeepJobs};
 use bullpen_core::script::{
-    ADD_JOB, ADD_LOG, CHANGE_DELAY, CHANGE_PRIORITY, CLEAN, DRAIN, JOB_STATE, MOVE_JOBS_TO_WAIT,
-    OBLITERATE, PAUSE, PROMOTE, REMOVE_JOB, REPROCESS_JOB, UPDATE_DATA, UPDATE_PROGRESS,
+    ADD_JOB, CHANGE_DELAY, CHANGE_PRIORITY, CLEAN, DRAIN, JOB_STATE, MOVE_JOBS_TO_WAIT, OBLITERATE,
+    PAUSE, PROMOTE, REMOVE_JOB, REPROCESS_JOB,
 };
-use bullpen_core::{score, JobState, QueueKeys, RefusalCode, DEFAULT_PREFIX};
+use bullpen_core::{job_ops, score, JobState, QueueKeys, RefusalCode, DEFAULT_PREFIX};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::instrument;
@@ -582,36 +582,18 @@ impl Queue {
 
     /// Replaces job `id`'s data (no event, as in BullMQ).
     pub async fn update_data<T: Serialize>(&self, id: &str, data: &T) -> Result<()> {
-        let json = serde_json::to_string(data).map_err(|source| Error::Serialize {
-            job_name: id.into(),
-            source,
-        })?;
-        let r: i64 = UPDATE_DATA
-            .run(&self.conn, &[self.keys.job(id)], &[json])
-            .await?;
-        if r < 0 {
-            return Err(self.refused(UPDATE_DATA.name(), id, r));
-        }
-        Ok(())
+        let json = self.to_json(id, data)?;
+        job_ops::update_data(&self.conn, &self.keys, id, &json)
+            .await
+            .map_err(|e| self.map_refusal(e, id))
     }
 
     /// Stores job `id`'s progress (any JSON: a number or an object) and emits `progress`.
     pub async fn update_progress<T: Serialize>(&self, id: &str, progress: &T) -> Result<()> {
-        let json = serde_json::to_string(progress).map_err(|source| Error::Serialize {
-            job_name: id.into(),
-            source,
-        })?;
-        let keys = [
-            self.keys.job(id),
-            self.keys.key("events"),
-            self.keys.key("meta"),
-        ];
-        let args = [id.to_owned(), json, self.opts.max_len_events.to_string()];
-        let r: i64 = UPDATE_PROGRESS.run(&self.conn, &keys, &args).await?;
-        if r < 0 {
-            return Err(self.refused(UPDATE_PROGRESS.name(), id, r));
-        }
-        Ok(())
+        let json = self.to_json(id, progress)?;
+        job_ops::update_progress(&self.conn, &self.keys, id, &json, self.opts.max_len_events)
+            .await
+            .map_err(|e| self.map_refusal(e, id))
     }
 
     /// Appends a log line to job `id`, honouring its `keepLogs` option. Returns the number
@@ -621,13 +603,27 @@ impl Queue {
             Some(job) => job.opts.keep_logs,
             None => return Err(self.not_found(id)),
         };
-        let keys = [self.keys.job(id), self.keys.job_sub(id, "logs")];
-        let args = [
-            line.to_owned(),
-            keep_logs.map(|k| k.to_string()).unwrap_or_default(),
-        ];
-        let r: i64 = ADD_LOG.run(&self.conn, &keys, &args).await?;
-        u64::try_from(r).map_err(|_| self.refused(ADD_LOG.name(), id, r))
+        job_ops::add_log(&self.conn, &self.keys, id, line, keep_logs)
+            .await
+            .map_err(|e| self.map_refusal(e, id))
+    }
+
+    fn to_json<T: Serialize>(&self, id: &str, value: &T) -> Result<String> {
+        serde_json::to_string(value).map_err(|source| Error::Serialize {
+            job_name: id.into(),
+            source,
+        })
+    }
+
+    /// A missing job is `JobNotFound`; other refusals stay as they are.
+    fn map_refusal(&self, e: bullpen_core::Error, id: &str) -> Error {
+        match e {
+            bullpen_core::Error::Refused {
+                code: RefusalCode::JobNotExist,
+                ..
+            } => self.not_found(id),
+            e => e.into(),
+        }
     }
 
     /// Log lines of job `id` in `start..=end` (oldest first, or newest first with

@@ -73,3 +73,249 @@ end
 local function bp_max_events(metaKey, default)
   return redis.call("HGET", metaKey, "opts.maxLenEvents") or default
 end
+
+-- Lock check before a worker gives a job up: 0 when `token` may release the job's lock
+-- (token "0" skips the check), else -2 (no lock) or -6 (another token holds it).
+local function bp_check_lock(lockKey, token)
+  if token == "0" then
+    return 0
+  end
+  local holder = redis.call("GET", lockKey)
+  if not holder then
+    return -2
+  end
+  if holder ~= token then
+    return -6
+  end
+  return 0
+end
+
+-- Releases a lock that bp_check_lock accepted.
+local function bp_release_lock(lockKey, stalledKey, jobId, token)
+  if token ~= "0" then
+    redis.call("DEL", lockKey)
+    redis.call("SREM", stalledKey, jobId)
+  end
+end
+
+-- Deletes a job's hash and sub-keys, leaving its deduplication key alone (retention does not
+-- end a throttle window).
+local function bp_delete_job_keys(jobKey)
+  redis.call("DEL", jobKey, jobKey .. ":logs", jobKey .. ":lock", jobKey .. ":dependencies",
+    jobKey .. ":processed", jobKey .. ":failed", jobKey .. ":unsuccessful")
+end
+
+-- Moves delayed jobs due at or before `now` (at most 1000) to wait (LPUSH) or prioritized,
+-- with delay := 0 and a `waiting(prev=delayed)` event each; marker "0" unless paused/maxed.
+-- k: wait, prioritized, delayed, pc, marker, events. Ids whose hash is gone are dropped.
+local function bp_promote_due(k, prefix, now, pausedOrMaxed)
+  local ids = redis.call("ZRANGEBYSCORE", k.delayed, 0, (now + 1) * 4096 - 1, "LIMIT", 0, 1000)
+  if #ids == 0 then
+    return
+  end
+  redis.call("ZREM", k.delayed, unpack(ids))
+  local moved = false
+  for _, id in ipairs(ids) do
+    local jobKey = prefix .. id
+    if redis.call("EXISTS", jobKey) == 1 then
+      local priority = tonumber(redis.call("HGET", jobKey, "priority")) or 0
+      if priority > 0 then
+        local seq = redis.call("INCR", k.pc) % 4294967296
+        redis.call("ZADD", k.prioritized, priority * 4294967296 + seq, id)
+      else
+        redis.call("LPUSH", k.wait, id)
+      end
+      redis.call("XADD", k.events, "*", "event", "waiting", "jobId", id, "prev", "delayed")
+      redis.call("HSET", jobKey, "delay", 0)
+      moved = true
+    end
+  end
+  if moved and not pausedOrMaxed then
+    redis.call("ZADD", k.marker, 0, "0")
+  end
+end
+
+-- Takes the next job id into active: wait from the right (RPOPLPUSH), else the lowest
+-- prioritized score (LPUSH active; `pc` deleted once prioritized is empty). Legacy "0:"
+-- markers and ids without a job hash are dropped on the way. Returns the id or nil.
+local function bp_take_next(k, prefix)
+  while true do
+    local id = redis.call("RPOPLPUSH", k.wait, k.active)
+    if id then
+      if string.sub(id, 1, 2) ~= "0:" and redis.call("EXISTS", prefix .. id) == 1 then
+        return id
+      end
+      redis.call("LREM", k.active, 1, id)
+    else
+      local popped = redis.call("ZPOPMIN", k.prioritized)
+      if not popped[1] then
+        redis.call("DEL", k.pc)
+        return nil
+      end
+      if redis.call("EXISTS", prefix .. popped[1]) == 1 then
+        redis.call("LPUSH", k.active, popped[1])
+        return popped[1]
+      end
+    end
+  end
+end
+
+-- The fetch shared by move_to_active and the fetch-next step of move_to_finished.
+-- k: wait, active, prioritized, events, limiter, delayed, meta, pc, marker.
+-- f: now (number), nowText, tokens (list), lockDuration, limMax, limDuration (numbers or
+-- nil), name (string or nil).
+-- Returns {rateLimitTtl, nextDelayedScoreText or "", pausedOrMaxed 0/1, {id, token, fields}...}.
+local function bp_fetch(k, prefix, f)
+  local meta = redis.call("HMGET", k.meta, "paused", "concurrency", "max", "duration")
+  local paused = meta[1] ~= false
+  local concurrency = tonumber(meta[2])
+  local function maxed()
+    return concurrency ~= nil and redis.call("LLEN", k.active) >= concurrency
+  end
+  bp_promote_due(k, prefix, f.now, paused or maxed())
+
+  local maxJobs = tonumber(meta[3]) or f.limMax
+  local duration = f.limDuration or tonumber(meta[4])
+  if maxJobs and (not duration or duration <= 0) then
+    maxJobs = nil
+  end
+
+  local reply = { 0, "", 0 }
+  local ranOut = false
+  for _, token in ipairs(f.tokens) do
+    if maxJobs then
+      local used = tonumber(redis.call("GET", k.limiter)) or 0
+      if used >= maxJobs then
+        local ttl = redis.call("PTTL", k.limiter)
+        if ttl == 0 then
+          redis.call("DEL", k.limiter)
+        end
+        if ttl > 0 then
+          reply[1] = ttl
+          break
+        end
+      end
+    end
+    if paused or maxed() then
+      reply[3] = 1
+      break
+    end
+    local id = bp_take_next(k, prefix)
+    if not id then
+      ranOut = true
+      break
+    end
+    local jobKey = prefix .. id
+    if maxJobs and redis.call("HEXISTS", jobKey, "defa") == 0 then
+      if redis.call("INCR", k.limiter) == 1 then
+        redis.call("PEXPIRE", k.limiter, math.floor(duration))
+      end
+    end
+    if token ~= "0" then
+      redis.call("SET", jobKey .. ":lock", token, "PX", f.lockDuration)
+    end
+    redis.call("XADD", k.events, "*", "event", "active", "jobId", id, "prev", "waiting")
+    if f.name then
+      redis.call("HSET", jobKey, "processedOn", f.nowText, "pb", f.name)
+    else
+      redis.call("HSET", jobKey, "processedOn", f.nowText)
+    end
+    redis.call("HINCRBY", jobKey, "ats", 1)
+    reply[#reply + 1] = { id, token, redis.call("HGETALL", jobKey) }
+  end
+  if #reply > 3 then
+    redis.call("ZADD", k.marker, 0, "0")
+  end
+  if ranOut then
+    local head = redis.call("ZRANGE", k.delayed, 0, 0, "WITHSCORES")
+    if head[2] then
+      reply[2] = head[2]
+    end
+  end
+  return reply
+end
+
+-- Reads the fetch arguments that start at ARGV[first]: now, lock duration, limiter max or "",
+-- limiter duration or "", worker name or "", then the tokens up to the end of ARGV.
+local function bp_fetch_args(first)
+  local name = ARGV[first + 4]
+  if name == "" then
+    name = nil
+  end
+  local tokens = {}
+  for i = first + 5, #ARGV do
+    tokens[#tokens + 1] = ARGV[i]
+  end
+  return {
+    now = tonumber(ARGV[first]),
+    nowText = ARGV[first],
+    lockDuration = ARGV[first + 1],
+    limMax = tonumber(ARGV[first + 2]),
+    limDuration = tonumber(ARGV[first + 3]),
+    name = name,
+    tokens = tokens,
+  }
+end
+
+-- keepLastIfActive hand-over: creates the job stored in `dn:<dedupId>` as an add would
+-- (hash, `added`, then `waiting` or `delayed`, marker), consuming an `id` value, and points
+-- the deduplication key at it without TTL. Timestamp: the stored opts' `timestamp`, else now.
+-- Should the stored id exist by now, nothing is created and `duplicated` is emitted instead.
+-- Parent fields a Node producer may store (pk, pd, pdk) are ignored: flows are out of scope.
+-- k: wait, meta, active, marker, prioritized, pc, delayed, events, id.
+local function bp_create_stored_job(k, prefix, dedupId, now, maxEvents)
+  local dnKey = prefix .. "dn:" .. dedupId
+  local flat = redis.call("HGETALL", dnKey)
+  redis.call("DEL", dnKey)
+  local stored = {}
+  for i = 1, #flat, 2 do
+    stored[flat[i]] = flat[i + 1]
+  end
+  local jobId = stored["jid"]
+  if not jobId or jobId == "" then
+    return
+  end
+  redis.call("INCR", k.id)
+  local jobKey = prefix .. jobId
+  if redis.call("EXISTS", jobKey) == 1 then
+    redis.call("XADD", k.events, "MAXLEN", "~", maxEvents, "*", "event", "duplicated", "jobId", jobId)
+    return
+  end
+  local optsText = stored["opts"] or "{}"
+  local ok, opts = pcall(cjson.decode, optsText)
+  if not ok or type(opts) ~= "table" then
+    opts = {}
+  end
+  local function num(v)
+    if type(v) == "number" then
+      return math.floor(v)
+    end
+    return 0
+  end
+  local delay = num(opts["delay"])
+  local priority = num(opts["priority"])
+  local ts = now
+  if type(opts["timestamp"]) == "number" then
+    ts = math.floor(opts["timestamp"])
+  end
+  local name = stored["name"] or ""
+  local fields = { "name", name, "data", stored["data"] or "{}", "opts", optsText,
+    "timestamp", ts, "delay", delay, "priority", priority, "deid", dedupId }
+  if stored["rjk"] then
+    fields[#fields + 1] = "rjk"
+    fields[#fields + 1] = stored["rjk"]
+  end
+  redis.call("HSET", jobKey, unpack(fields))
+  redis.call("SET", prefix .. "de:" .. dedupId, jobId)
+  redis.call("XADD", k.events, "*", "event", "added", "jobId", jobId, "name", name)
+  if delay > 0 then
+    local due = ts + delay
+    redis.call("ZADD", k.delayed, bp_delayed_score(k.delayed, due), jobId)
+    redis.call("XADD", k.events, "MAXLEN", "~", maxEvents, "*", "event", "delayed", "jobId", jobId,
+      "delay", due)
+    bp_mark_earliest_delayed(k.delayed, k.marker)
+  else
+    bp_enqueue(k, jobId, priority, opts["lifo"] == true)
+    redis.call("XADD", k.events, "MAXLEN", "~", maxEvents, "*", "event", "waiting", "jobId", jobId)
+  end
+end

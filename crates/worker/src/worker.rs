@@ -1,0 +1,900 @@
+//! The worker: a fetch loop, one task per running job, lock renewal and the shared stall
+//! check.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bullpen_conn::redis;
+use bullpen_conn::{BlockingConnection, Connection, RedisOptions};
+use bullpen_core::job::Job;
+use bullpen_core::opts::KeepJobs;
+use bullpen_core::worker_ops::{self, ActiveJob, FetchOptions, Finish};
+use bullpen_core::{QueueKeys, RefusalCode};
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::{self, RetryPlan};
+use crate::error::{Error, Result};
+use crate::events::{EventSender, WorkerEvent};
+use crate::options::{WorkerOptions, MAX_FETCH_BATCH};
+use crate::processor::{JobContext, JobError, Processor};
+
+/// Largest `BZPOPMIN` block, as BullMQ's (10 s).
+const MAX_BLOCK: Duration = Duration::from_secs(10);
+/// Longest idle wait when rate limited, as BullMQ's `maximumRateLimitDelay`.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(30);
+/// Bound on each hand-back command at close, so that `close` always returns.
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The manual rate-limit counter value BullMQ uses (2^53 - 1).
+const LIMITER_FULL: u64 = 9_007_199_254_740_991;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Standard base64 (with padding) of `bytes`, for connection names as BullMQ forms them.
+pub(crate) fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+struct Running {
+    token: String,
+    cancel: CancellationToken,
+}
+
+struct Shared {
+    keys: QueueKeys,
+    conn: Connection,
+    blocking: BlockingConnection,
+    opts: WorkerOptions,
+    events: EventSender,
+    concurrency: watch::Sender<usize>,
+    running: Mutex<HashMap<String, Running>>,
+    slot_freed: Notify,
+    closing: CancellationToken,
+    worker_id: String,
+    token_seq: AtomicU64,
+    limited_until: Mutex<Option<Instant>>,
+}
+
+/// A running worker. Dropping it does not stop it: call [`Worker::close`].
+pub struct Worker {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("queue", &self.shared.keys.name())
+            .field("running", &self.running_count())
+            .finish()
+    }
+}
+
+impl Shared {
+    fn running_count(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    fn next_token(&self) -> String {
+        format!(
+            "{}:{}",
+            self.worker_id,
+            self.token_seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn fetch_options(&self) -> FetchOptions {
+        let mut f = FetchOptions::new(
+            u64::try_from(self.opts.lock_duration.as_millis()).unwrap_or(u64::MAX),
+        );
+        f.limiter = self.opts.limiter.map(|l| {
+            (
+                l.max,
+                u64::try_from(l.duration.as_millis()).unwrap_or(u64::MAX),
+            )
+        });
+        f.worker_name = self.opts.name.clone();
+        f
+    }
+
+    fn error(&self, message: String) {
+        warn!(queue = %self.keys.name(), "{message}");
+        self.events.send(WorkerEvent::Error { message });
+    }
+
+    fn keep(
+        &self,
+        job_opt: &Option<KeepJobs>,
+        worker_opt: &Option<KeepJobs>,
+    ) -> worker_ops::KeepJobs {
+        let chosen = job_opt.as_ref().or(worker_opt.as_ref());
+        match chosen {
+            None | Some(KeepJobs::None) => worker_ops::KeepJobs::KEEP_ALL,
+            Some(KeepJobs::All) => worker_ops::KeepJobs {
+                count: 0,
+                age_secs: None,
+                limit: None,
+            },
+            Some(KeepJobs::Count(n)) => worker_ops::KeepJobs {
+                count: i64::try_from(*n).unwrap_or(i64::MAX),
+                age_secs: None,
+                limit: None,
+            },
+            Some(KeepJobs::Window {
+                age_secs,
+                count,
+                limit,
+            }) => worker_ops::KeepJobs {
+                count: count.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX)),
+                age_secs: *age_secs,
+                limit: *limit,
+            },
+            Some(_) => worker_ops::KeepJobs::KEEP_ALL,
+        }
+    }
+}
+
+impl Worker {
+    /// Starts a worker on `queue`. `redis` should be the worker preset
+    /// (`RedisOptions::from_url(url)?.worker()`); the worker opens one connection for its
+    /// commands and a dedicated blocking connection named as BullMQ names a worker's, so
+    /// that Node's `Queue.getWorkers()` lists it.
+    pub async fn start<P: Processor>(
+        redis: RedisOptions,
+        queue: &str,
+        processor: P,
+        opts: WorkerOptions,
+    ) -> Result<Self> {
+        let keys = QueueKeys::new(&opts.prefix, queue)?;
+        let mut name = format!("{}:{}", opts.prefix, base64(queue.as_bytes()));
+        if let Some(n) = &opts.name {
+            name.push_str(":w:");
+            name.push_str(n);
+        }
+        let conn = Connection::connect(redis.clone()).await?;
+        let blocking =
+            BlockingConnection::connect(redis.with_command_timeout(None).with_client_name(name))
+                .await?;
+        let worker_id = format!(
+            "{:016x}{:016x}",
+            (backoff::unit_random() * u64::MAX as f64) as u64,
+            (backoff::unit_random() * u64::MAX as f64) as u64
+        );
+        let shared = Arc::new(Shared {
+            keys,
+            conn,
+            blocking,
+            events: EventSender::new(opts.event_capacity),
+            concurrency: watch::channel(opts.concurrency).0,
+            running: Mutex::new(HashMap::new()),
+            slot_freed: Notify::new(),
+            closing: CancellationToken::new(),
+            worker_id,
+            token_seq: AtomicU64::new(0),
+            limited_until: Mutex::new(None),
+            opts,
+        });
+        info!(queue = %queue, "worker started");
+        let processor = Arc::new(processor);
+        let tasks = vec![
+            tokio::spawn(stall_loop(shared.clone())),
+            tokio::spawn(renew_loop(shared.clone())),
+            tokio::spawn(fetch_loop(shared.clone(), processor)),
+        ];
+        Ok(Self {
+            shared,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// Local events. The channel is bounded: unread events are dropped, oldest first.
+    pub fn events(&self) -> broadcast::Receiver<WorkerEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Changes the number of jobs processed at once.
+    pub fn set_concurrency(&self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(Error::InvalidOptions {
+                field: "concurrency",
+                reason: "must be at least 1".into(),
+            });
+        }
+        self.shared.concurrency.send_replace(n);
+        self.shared.slot_freed.notify_one();
+        Ok(())
+    }
+
+    /// Jobs running now.
+    pub fn running_count(&self) -> usize {
+        self.shared.running_count()
+    }
+
+    /// Rate-limits the whole queue for `duration` (as BullMQ's `Queue.rateLimit`): workers
+    /// with a limiter configured stop fetching until it ends.
+    pub async fn rate_limit(&self, duration: Duration) -> Result<()> {
+        rate_limit(&self.shared, duration).await
+    }
+
+    /// Stops fetching, lets running jobs finish within `grace`, then hands the rest back to
+    /// the front of `wait` (releasing their locks, so they run again at once rather than
+    /// after a stall check) and cancels their runs. Always returns.
+    pub async fn close(&self, grace: Duration) {
+        let sh = &self.shared;
+        sh.closing.cancel();
+        let deadline = Instant::now() + grace;
+        while sh.running_count() > 0 && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = tokio::time::timeout(
+                left.min(Duration::from_millis(50)),
+                sh.slot_freed.notified(),
+            )
+            .await;
+        }
+        let remaining: Vec<(String, String, CancellationToken)> = sh
+            .running
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, run)| (id.clone(), run.token.clone(), run.cancel.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (id, token, cancel) in remaining {
+            // Hand back first: that releases the lock, so whatever the cancelled run does next
+            // (fail, retry, complete) is refused instead of racing the hand-back.
+            let back = tokio::time::timeout(
+                HAND_BACK_TIMEOUT,
+                worker_ops::move_to_wait_front(&sh.conn, &sh.keys, &id, &token),
+            )
+            .await;
+            match back {
+                Ok(Ok(_)) => info!(job.id = %id, "job handed back at close"),
+                Ok(Err(e)) => sh.error(format!("could not hand job {id} back at close: {e}")),
+                Err(_) => sh.error(format!(
+                    "handing job {id} back timed out; the stall check will recover it"
+                )),
+            }
+            cancel.cancel();
+        }
+        let tasks: Vec<JoinHandle<()>> = self
+            .tasks
+            .lock()
+            .map(|mut t| t.drain(..).collect())
+            .unwrap_or_default();
+        for t in &tasks {
+            t.abort();
+        }
+        sh.blocking.connection().close();
+        sh.conn.close();
+        info!(queue = %sh.keys.name(), "worker closed");
+    }
+
+    /// Runs until SIGINT or SIGTERM, then closes with `grace`.
+    pub async fn run_until_signal(&self, grace: Duration) -> Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::InvalidOptions {
+                field: "signals",
+                reason: e.to_string(),
+            })?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("signal received; closing the worker");
+        self.close(grace).await;
+        Ok(())
+    }
+}
+
+async fn rate_limit(sh: &Shared, duration: Duration) -> Result<()> {
+    let ms = u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let _: () = sh
+        .conn
+        .query(
+            redis::cmd("SET")
+                .arg(sh.keys.key("limiter"))
+                .arg(LIMITER_FULL)
+                .arg("PX")
+                .arg(ms),
+        )
+        .await?;
+    if let Ok(mut l) = sh.limited_until.lock() {
+        *l = Some(Instant::now() + duration);
+    }
+    Ok(())
+}
+
+/// Sleeps `d` unless the worker closes first; returns false when closing.
+async fn nap(sh: &Shared, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = sh.closing.cancelled() => false,
+    }
+}
+
+async fn fetch_loop<P: Processor>(sh: Arc<Shared>, processor: Arc<P>) {
+    let mut drained = false;
+    let mut failures: u32 = 0;
+    loop {
+        if sh.closing.is_cancelled() {
+            return;
+        }
+        let free = {
+            let c = *sh.concurrency.borrow();
+            c.saturating_sub(sh.running_count())
+        };
+        if free == 0 {
+            tokio::select! {
+                _ = sh.slot_freed.notified() => {}
+                _ = sh.closing.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
+        }
+        let limited = sh.limited_until.lock().ok().and_then(|l| *l);
+        if let Some(until) = limited {
+            let now = Instant::now();
+            if until > now {
+                if !nap(&sh, (until - now).min(MAX_RATE_LIMIT_WAIT)).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        let tokens: Vec<String> = (0..free.min(MAX_FETCH_BATCH))
+            .map(|_| sh.next_token())
+            .collect();
+        let fetched = match worker_ops::move_to_active(
+            &sh.conn,
+            &sh.keys,
+            now_ms(),
+            &tokens,
+            &sh.fetch_options(),
+        )
+        .await
+        {
+            Ok(f) => {
+                failures = 0;
+                f
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                sh.error(format!("fetch failed: {e}"));
+                let wait = Duration::from_millis(100u64.saturating_mul(1 << failures.min(4)));
+                if !nap(&sh, wait).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if !fetched.jobs.is_empty() {
+            drained = false;
+            for job in fetched.jobs {
+                start_job(&sh, processor.clone(), job);
+            }
+            continue;
+        }
+        if fetched.rate_limit_ttl_ms > 0 {
+            if let Ok(mut l) = sh.limited_until.lock() {
+                *l = Some(Instant::now() + Duration::from_millis(fetched.rate_limit_ttl_ms));
+            }
+            continue;
+        }
+        if !drained {
+            drained = true;
+            debug!(queue = %sh.keys.name(), "drained");
+            sh.events.send(WorkerEvent::Drained);
+        }
+        let block = match fetched.next_due_ms {
+            Some(due) => {
+                let ms = due.saturating_sub(now_ms());
+                if ms == 0 {
+                    continue;
+                }
+                Duration::from_millis(ms).clamp(Duration::from_millis(1), MAX_BLOCK)
+            }
+            None => sh.opts.drain_delay.min(MAX_BLOCK),
+        };
+        let mut cmd = redis::cmd("BZPOPMIN");
+        cmd.arg(sh.keys.key("marker"))
+            .arg(format!("{:.3}", block.as_secs_f64().max(0.001)));
+        tokio::select! {
+            r = sh.blocking.block::<Option<(String, String, f64)>>(&cmd, block) => {
+                if let Err(e) = r {
+                    failures = failures.saturating_add(1);
+                    sh.error(format!("waiting for jobs failed: {e}"));
+                    let wait = Duration::from_millis(100u64.saturating_mul(1 << failures.min(4)));
+                    if !nap(&sh, wait).await {
+                        return;
+                    }
+                }
+            }
+            // Abandoning a blocking command leaves it pending on its socket, so only closing
+            // (which closes the connection too) may interrupt it.
+            _ = sh.closing.cancelled() => return,
+        }
+    }
+}
+
+fn start_job<P: Processor>(sh: &Arc<Shared>, processor: Arc<P>, job: ActiveJob) {
+    let cancel = CancellationToken::new();
+    if let Ok(mut r) = sh.running.lock() {
+        r.insert(
+            job.id.clone(),
+            Running {
+                token: job.token.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+    }
+    let sh = sh.clone();
+    tokio::spawn(async move {
+        let id = job.id.clone();
+        run_job(&sh, processor, job, cancel).await;
+        if let Ok(mut r) = sh.running.lock() {
+            r.remove(&id);
+        }
+        sh.slot_freed.notify_one();
+    });
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => {
+            if let Some(s) = p.downcast_ref::<&str>() {
+                format!("processor panicked: {s}")
+            } else if let Some(s) = p.downcast_ref::<String>() {
+                format!("processor panicked: {s}")
+            } else {
+                "processor panicked".to_owned()
+            }
+        }
+        Err(_) => "processor task was cancelled".to_owned(),
+    }
+}
+
+async fn run_job<P: Processor>(
+    sh: &Arc<Shared>,
+    processor: Arc<P>,
+    active: ActiveJob,
+    cancel: CancellationToken,
+) {
+    let ActiveJob { id, token, fields } = active;
+    // The job's metadata, whatever its data type.
+    let meta: Job<serde_json::Value> = match Job::from_hash(&id, &fields) {
+        Ok(j) => j,
+        Err(corrupt) => {
+            let reason = corrupt.to_string();
+            fail_final(sh, &id, &token, &reason, &[], 0, &None).await;
+            return;
+        }
+    };
+    if let Some(reason) = meta.deferred_failure.clone() {
+        fail_final(
+            sh,
+            &id,
+            &token,
+            &reason,
+            &meta.stacktrace,
+            attempts_of(&meta),
+            &meta.opts.remove_on_fail,
+        )
+        .await;
+        return;
+    }
+    if let Some(max) = sh.opts.max_started_attempts {
+        if meta.attempts_started > max {
+            let reason = "job started more than allowable limit";
+            fail_final(
+                sh,
+                &id,
+                &token,
+                reason,
+                &meta.stacktrace,
+                attempts_of(&meta),
+                &meta.opts.remove_on_fail,
+            )
+            .await;
+            return;
+        }
+    }
+    let typed: Job<P::Data> = match Job::from_hash(&id, &fields) {
+        Ok(j) => j,
+        Err(corrupt) => {
+            let reason = corrupt.to_string();
+            fail_final(
+                sh,
+                &id,
+                &token,
+                &reason,
+                &meta.stacktrace,
+                attempts_of(&meta),
+                &meta.opts.remove_on_fail,
+            )
+            .await;
+            return;
+        }
+    };
+    sh.events.send(WorkerEvent::Active { job_id: id.clone() });
+    debug!(job.id = %id, "job started");
+    let ctx = JobContext {
+        id: id.clone(),
+        token: token.clone(),
+        cancel,
+        conn: sh.conn.clone(),
+        keys: sh.keys.clone(),
+        keep_logs: meta.opts.keep_logs,
+        max_len_events: sh.opts.max_len_events,
+        events: sh.events.clone(),
+    };
+    let p = processor.clone();
+    let outcome = tokio::spawn(async move { p.process(typed, ctx).await }).await;
+    let result: std::result::Result<serde_json::Value, JobError> = match outcome {
+        Ok(Ok(v)) => serde_json::to_value(v).map_err(|e| {
+            JobError::Unrecoverable(format!("cannot serialise the return value: {e}"))
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(join) => Err(JobError::Failed(panic_message(join))),
+    };
+    match result {
+        Ok(value) => complete(sh, &id, &token, value, &meta.opts.remove_on_complete).await,
+        Err(JobError::Failed(reason)) => fail_or_retry(sh, &meta, &token, &reason).await,
+        Err(JobError::Unrecoverable(reason)) => {
+            fail_final(
+                sh,
+                &id,
+                &token,
+                &reason,
+                &meta.stacktrace,
+                attempts_of(&meta),
+                &meta.opts.remove_on_fail,
+            )
+            .await
+        }
+        Err(JobError::Delay(d)) => {
+            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let r = worker_ops::retry_job(
+                &sh.conn,
+                &sh.keys,
+                &id,
+                &token,
+                now_ms(),
+                ms.max(1),
+                meta.opts.lifo,
+                false,
+                None,
+                None,
+            )
+            .await;
+            report_refusal(sh, &id, "move to delayed", r.map(|_| ()));
+        }
+        Err(JobError::RateLimited(d)) => {
+            if let Err(e) = rate_limit(sh, d).await {
+                sh.error(format!("could not set the rate limit: {e}"));
+            }
+            let r = worker_ops::move_to_wait_front(&sh.conn, &sh.keys, &id, &token).await;
+            report_refusal(sh, &id, "put back after a rate limit", r.map(|_| ()));
+        }
+    }
+}
+
+fn attempts_of(job: &Job<serde_json::Value>) -> u32 {
+    job.opts.attempts.unwrap_or(0)
+}
+
+/// A finish refused because the lock is gone or held by another worker: the run's result is
+/// discarded (the job's fate is the new owner's), reported once.
+fn report_refusal(
+    sh: &Shared,
+    id: &str,
+    what: &str,
+    r: std::result::Result<(), bullpen_core::Error>,
+) {
+    match r {
+        Ok(()) => {}
+        Err(bullpen_core::Error::Refused { code, .. })
+            if matches!(
+                code,
+                RefusalCode::LockNotExist | RefusalCode::LockMismatch | RefusalCode::NotInState
+            ) =>
+        {
+            sh.error(format!(
+                "could not {what} job {id}: {code}; this run's result is discarded"
+            ));
+        }
+        Err(e) => sh.error(format!("could not {what} job {id}: {e}")),
+    }
+}
+
+fn stack_entry(reason: &str) -> String {
+    format!("Error: {reason}\n    at bullpen-worker")
+}
+
+fn stacktrace_json(previous: &[String], reason: &str, limit: Option<u32>) -> String {
+    let mut all: Vec<String> = previous.to_vec();
+    all.push(stack_entry(reason));
+    if let Some(l) = limit {
+        let l = usize::try_from(l).unwrap_or(usize::MAX);
+        let skip = all.len().saturating_sub(l);
+        all.drain(..skip);
+    }
+    serde_json::to_string(&all).unwrap_or_else(|_| "[]".to_owned())
+}
+
+async fn complete(
+    sh: &Shared,
+    id: &str,
+    token: &str,
+    value: serde_json::Value,
+    keep: &Option<KeepJobs>,
+) {
+    let json = value.to_string();
+    let keep = sh.keep(keep, &sh.opts.remove_on_complete);
+    let r = worker_ops::move_to_finished(
+        &sh.conn,
+        &sh.keys,
+        id,
+        token,
+        now_ms(),
+        &Finish::Completed {
+            return_value_json: json,
+        },
+        keep,
+        None,
+    )
+    .await;
+    match r {
+        Ok(_) => {
+            debug!(job.id = %id, "job completed");
+            sh.events.send(WorkerEvent::Completed {
+                job_id: id.to_owned(),
+                return_value: value,
+            });
+        }
+        Err(e) => report_refusal(sh, id, "complete", Err(e)),
+    }
+}
+
+async fn fail_final(
+    sh: &Shared,
+    id: &str,
+    token: &str,
+    reason: &str,
+    previous_stack: &[String],
+    attempts: u32,
+    keep: &Option<KeepJobs>,
+) {
+    let keep = sh.keep(keep, &sh.opts.remove_on_fail);
+    let r = worker_ops::move_to_finished(
+        &sh.conn,
+        &sh.keys,
+        id,
+        token,
+        now_ms(),
+        &Finish::Failed {
+            reason: reason.to_owned(),
+            stacktrace_json: stacktrace_json(previous_stack, reason, None),
+            attempts,
+        },
+        keep,
+        None,
+    )
+    .await;
+    match r {
+        Ok(_) => {
+            info!(job.id = %id, reason, "job failed");
+            sh.events.send(WorkerEvent::Failed {
+                job_id: id.to_owned(),
+                reason: reason.to_owned(),
+                will_retry: false,
+            });
+        }
+        Err(e) => report_refusal(sh, id, "fail", Err(e)),
+    }
+}
+
+async fn fail_or_retry(sh: &Shared, job: &Job<serde_json::Value>, token: &str, reason: &str) {
+    let attempts = attempts_of(job);
+    let started_out = sh
+        .opts
+        .max_started_attempts
+        .is_some_and(|m| job.attempts_started >= m);
+    let may_retry = job.attempts_made.saturating_add(1) < attempts && !started_out;
+    let limit = job.opts.stack_trace_limit;
+    if may_retry {
+        let plan = backoff::plan(
+            job.opts.backoff.as_ref(),
+            job.attempts_made,
+            reason,
+            sh.opts.custom_backoff.as_ref(),
+            backoff::unit_random(),
+        );
+        match plan {
+            RetryPlan::After(d) => {
+                let stack = stacktrace_json(&job.stacktrace, reason, limit);
+                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                let r = worker_ops::retry_job(
+                    &sh.conn,
+                    &sh.keys,
+                    &job.id,
+                    token,
+                    now_ms(),
+                    ms,
+                    job.opts.lifo,
+                    true,
+                    Some(reason),
+                    Some(&stack),
+                )
+                .await;
+                if r.is_ok() {
+                    sh.events.send(WorkerEvent::Failed {
+                        job_id: job.id.clone(),
+                        reason: reason.to_owned(),
+                        will_retry: true,
+                    });
+                }
+                report_refusal(sh, &job.id, "retry", r);
+                return;
+            }
+            RetryPlan::UnknownStrategy => {
+                let kind = job
+                    .opts
+                    .backoff
+                    .as_ref()
+                    .map(|b| b.kind.as_str().to_owned())
+                    .unwrap_or_default();
+                sh.error(format!(
+                    "unknown backoff strategy `{kind}` for job {}: configure custom_backoff",
+                    job.id
+                ));
+            }
+            RetryPlan::GiveUp => {}
+        }
+    }
+    let keep = &job.opts.remove_on_fail;
+    let keep = sh.keep(keep, &sh.opts.remove_on_fail);
+    let r = worker_ops::move_to_finished(
+        &sh.conn,
+        &sh.keys,
+        &job.id,
+        token,
+        now_ms(),
+        &Finish::Failed {
+            reason: reason.to_owned(),
+            stacktrace_json: stacktrace_json(&job.stacktrace, reason, limit),
+            attempts,
+        },
+        keep,
+        None,
+    )
+    .await;
+    match r {
+        Ok(_) => {
+            info!(job.id = %job.id, reason, "job failed");
+            sh.events.send(WorkerEvent::Failed {
+                job_id: job.id.clone(),
+                reason: reason.to_owned(),
+                will_retry: false,
+            });
+        }
+        Err(e) => report_refusal(sh, &job.id, "fail", Err(e)),
+    }
+}
+
+async fn renew_loop(sh: Arc<Shared>) {
+    let duration = u64::try_from(sh.opts.lock_duration.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        if !nap(&sh, sh.opts.lock_renew_time).await {
+            return;
+        }
+        let locks: Vec<(String, String)> = sh
+            .running
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, run)| (id.clone(), run.token.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if locks.is_empty() {
+            continue;
+        }
+        match worker_ops::extend_locks(&sh.conn, &sh.keys, &locks, duration).await {
+            Ok(lost) => {
+                for id in lost {
+                    let cancel = sh
+                        .running
+                        .lock()
+                        .ok()
+                        .and_then(|r| r.get(&id).map(|run| run.cancel.clone()));
+                    if let Some(c) = cancel {
+                        c.cancel();
+                    }
+                    warn!(job.id = %id, "lock lost; the run is cancelled and its result will be refused");
+                    sh.events.send(WorkerEvent::LockLost { job_id: id });
+                }
+            }
+            Err(e) => sh.error(format!("lock renewal failed: {e}")),
+        }
+    }
+}
+
+async fn stall_loop(sh: Arc<Shared>) {
+    let interval = u64::try_from(sh.opts.stalled_interval.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        match worker_ops::move_stalled_jobs_to_wait(
+            &sh.conn,
+            &sh.keys,
+            sh.opts.max_stalled_count,
+            now_ms(),
+            interval,
+        )
+        .await
+        {
+            Ok(ids) => {
+                for id in ids {
+                    info!(job.id = %id, "stalled job returned to wait");
+                    sh.events.send(WorkerEvent::Stalled { job_id: id });
+                }
+            }
+            Err(e) => sh.error(format!("stalled check failed: {e}")),
+        }
+        if !nap(&sh, sh.opts.stalled_interval).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(base64(b"st1"), "c3Qx");
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64("é".as_bytes()), "w6k=");
+        assert_eq!(base64(b""), "");
+    }
+
+    #[test]
+    fn stacktraces_accumulate_and_honour_the_limit() {
+        let prev = vec!["one".to_owned(), "two".to_owned()];
+        let all: Vec<String> =
+            serde_json::from_str(&stacktrace_json(&prev, "three", None)).expect("json");
+        assert_eq!(all.len(), 3);
+        let two: Vec<String> =
+            serde_json::from_str(&stacktrace_json(&prev, "three", Some(2))).expect("json");
+        assert_eq!(two[0], "two");
+        let none: Vec<String> =
+            serde_json::from_str(&stacktrace_json(&prev, "three", Some(0))).expect("json");
+        assert!(none.is_empty());
+    }
+}
