@@ -158,6 +158,15 @@ enum Command {
         /// Grace period for running jobs at shutdown, in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         grace_ms: u64,
+        /// Lock duration in milliseconds (BullMQ's default: 30000).
+        #[arg(long, default_value_t = 30_000)]
+        lock_duration_ms: u64,
+        /// Stalled-check interval in milliseconds (BullMQ's default: 30000).
+        #[arg(long, default_value_t = 30_000)]
+        stalled_interval_ms: u64,
+        /// Stalls tolerated before a job is failed (BullMQ's default: 1).
+        #[arg(long, default_value_t = 1)]
+        max_stalled_count: u32,
         #[command(flatten)]
         target: QueueArgs,
     },
@@ -347,6 +356,9 @@ async fn main() -> ExitCode {
             max_jobs,
             exit_when_drained,
             grace_ms,
+            lock_duration_ms,
+            stalled_interval_ms,
+            max_stalled_count,
             target: t,
         } => {
             let args = work_cmd::WorkArgs {
@@ -356,6 +368,9 @@ async fn main() -> ExitCode {
                 max_jobs,
                 exit_when_drained,
                 grace_ms,
+                lock_duration_ms,
+                stalled_interval_ms,
+                max_stalled_count,
             };
             work_cmd::work(&target(t), &queue, args)
                 .await

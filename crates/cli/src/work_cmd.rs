@@ -28,6 +28,12 @@ pub struct WorkArgs {
     pub exit_when_drained: bool,
     /// Grace period at shutdown.
     pub grace_ms: u64,
+    /// Lock duration.
+    pub lock_duration_ms: u64,
+    /// Stalled-check interval.
+    pub stalled_interval_ms: u64,
+    /// Stalls tolerated.
+    pub max_stalled_count: u32,
 }
 
 /// The last non-empty line of `text`.
@@ -98,6 +104,9 @@ pub async fn work(t: &Target, queue: &str, a: WorkArgs) -> CmdResult<()> {
     let opts = WorkerOptions::builder()
         .prefix(t.prefix.clone())
         .concurrency(a.concurrency)
+        .lock_duration(Duration::from_millis(a.lock_duration_ms))
+        .stalled_interval(Duration::from_millis(a.stalled_interval_ms))
+        .max_stalled_count(a.max_stalled_count)
         .build()?;
     let worker = Worker::start(
         RedisOptions::from_url(&t.url)?.worker(),
