@@ -31,6 +31,7 @@
 mod backoff;
 mod error;
 mod events;
+mod finish;
 mod options;
 mod processor;
 mod worker;

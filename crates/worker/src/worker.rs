@@ -10,16 +10,17 @@ use bullpen_conn::redis;
 use bullpen_conn::{BlockingConnection, Connection, RedisOptions};
 use bullpen_core::job::Job;
 use bullpen_core::opts::KeepJobs;
-use bullpen_core::worker_ops::{self, ActiveJob, FetchOptions, Finish};
+use bullpen_core::worker_ops::{self, ActiveJob, FetchOptions};
 use bullpen_core::{QueueKeys, RefusalCode};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backoff::{self, RetryPlan};
+use crate::backoff;
 use crate::error::{Error, Result};
 use crate::events::{EventSender, WorkerEvent};
+use crate::finish::{self, FailureOutcome, FailurePolicy};
 use crate::options::{WorkerOptions, MAX_FETCH_BATCH};
 use crate::processor::{JobContext, JobError, Processor};
 
@@ -123,37 +124,6 @@ impl Shared {
     fn error(&self, message: String) {
         warn!(queue = %self.keys.name(), "{message}");
         self.events.send(WorkerEvent::Error { message });
-    }
-
-    fn keep(
-        &self,
-        job_opt: &Option<KeepJobs>,
-        worker_opt: &Option<KeepJobs>,
-    ) -> worker_ops::KeepJobs {
-        let chosen = job_opt.as_ref().or(worker_opt.as_ref());
-        match chosen {
-            None | Some(KeepJobs::None) => worker_ops::KeepJobs::KEEP_ALL,
-            Some(KeepJobs::All) => worker_ops::KeepJobs {
-                count: 0,
-                age_secs: None,
-                limit: None,
-            },
-            Some(KeepJobs::Count(n)) => worker_ops::KeepJobs {
-                count: i64::try_from(*n).unwrap_or(i64::MAX),
-                age_secs: None,
-                limit: None,
-            },
-            Some(KeepJobs::Window {
-                age_secs,
-                count,
-                limit,
-            }) => worker_ops::KeepJobs {
-                count: count.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX)),
-                age_secs: *age_secs,
-                limit: *limit,
-            },
-            Some(_) => worker_ops::KeepJobs::KEEP_ALL,
-        }
     }
 }
 
@@ -490,54 +460,27 @@ async fn run_job<P: Processor>(
     let meta: Job<serde_json::Value> = match Job::from_hash(&id, &fields) {
         Ok(j) => j,
         Err(corrupt) => {
-            let reason = corrupt.to_string();
-            fail_final(sh, &id, &token, &reason, &[], 0, &None).await;
+            // Nothing of the job can be trusted: fail it with the reason, default options.
+            let shell = Job::new(id.clone(), String::new(), serde_json::Value::Null);
+            fail_final(sh, &shell, &token, &corrupt.to_string()).await;
             return;
         }
     };
     if let Some(reason) = meta.deferred_failure.clone() {
-        fail_final(
-            sh,
-            &id,
-            &token,
-            &reason,
-            &meta.stacktrace,
-            attempts_of(&meta),
-            &meta.opts.remove_on_fail,
-        )
-        .await;
+        fail_final(sh, &meta, &token, &reason).await;
         return;
     }
     if let Some(max) = sh.opts.max_started_attempts {
         if meta.attempts_started > max {
             let reason = "job started more than allowable limit";
-            fail_final(
-                sh,
-                &id,
-                &token,
-                reason,
-                &meta.stacktrace,
-                attempts_of(&meta),
-                &meta.opts.remove_on_fail,
-            )
-            .await;
+            fail_final(sh, &meta, &token, reason).await;
             return;
         }
     }
     let typed: Job<P::Data> = match Job::from_hash(&id, &fields) {
         Ok(j) => j,
         Err(corrupt) => {
-            let reason = corrupt.to_string();
-            fail_final(
-                sh,
-                &id,
-                &token,
-                &reason,
-                &meta.stacktrace,
-                attempts_of(&meta),
-                &meta.opts.remove_on_fail,
-            )
-            .await;
+            fail_final(sh, &meta, &token, &corrupt.to_string()).await;
             return;
         }
     };
@@ -565,18 +508,7 @@ async fn run_job<P: Processor>(
     match result {
         Ok(value) => complete(sh, &id, &token, value, &meta.opts.remove_on_complete).await,
         Err(JobError::Failed(reason)) => fail_or_retry(sh, &meta, &token, &reason).await,
-        Err(JobError::Unrecoverable(reason)) => {
-            fail_final(
-                sh,
-                &id,
-                &token,
-                &reason,
-                &meta.stacktrace,
-                attempts_of(&meta),
-                &meta.opts.remove_on_fail,
-            )
-            .await
-        }
+        Err(JobError::Unrecoverable(reason)) => fail_final(sh, &meta, &token, &reason).await,
         Err(JobError::Delay(d)) => {
             let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             let r = worker_ops::retry_job(
@@ -604,10 +536,6 @@ async fn run_job<P: Processor>(
     }
 }
 
-fn attempts_of(job: &Job<serde_json::Value>) -> u32 {
-    job.opts.attempts.unwrap_or(0)
-}
-
 /// A finish refused because the lock is gone or held by another worker: the run's result is
 /// discarded (the job's fate is the new owner's), reported once.
 fn report_refusal(
@@ -632,19 +560,14 @@ fn report_refusal(
     }
 }
 
-fn stack_entry(reason: &str) -> String {
-    format!("Error: {reason}\n    at bullpen-worker")
-}
-
-fn stacktrace_json(previous: &[String], reason: &str, limit: Option<u32>) -> String {
-    let mut all: Vec<String> = previous.to_vec();
-    all.push(stack_entry(reason));
-    if let Some(l) = limit {
-        let l = usize::try_from(l).unwrap_or(usize::MAX);
-        let skip = all.len().saturating_sub(l);
-        all.drain(..skip);
+impl Shared {
+    fn policy(&self) -> FailurePolicy<'_> {
+        FailurePolicy {
+            custom_backoff: self.opts.custom_backoff.as_ref(),
+            max_started_attempts: self.opts.max_started_attempts,
+            remove_on_fail: self.opts.remove_on_fail.as_ref(),
+        }
     }
-    serde_json::to_string(&all).unwrap_or_else(|_| "[]".to_owned())
 }
 
 async fn complete(
@@ -654,23 +577,9 @@ async fn complete(
     value: serde_json::Value,
     keep: &Option<KeepJobs>,
 ) {
-    let json = value.to_string();
-    let keep = sh.keep(keep, &sh.opts.remove_on_complete);
-    let r = worker_ops::move_to_finished(
-        &sh.conn,
-        &sh.keys,
-        id,
-        token,
-        now_ms(),
-        &Finish::Completed {
-            return_value_json: json,
-        },
-        keep,
-        None,
-    )
-    .await;
-    match r {
-        Ok(_) => {
+    let keep = finish::keep_jobs(keep.as_ref(), sh.opts.remove_on_complete.as_ref());
+    match finish::complete(&sh.conn, &sh.keys, id, token, value.to_string(), keep).await {
+        Ok(()) => {
             debug!(job.id = %id, "job completed");
             sh.events.send(WorkerEvent::Completed {
                 job_id: id.to_owned(),
@@ -681,33 +590,22 @@ async fn complete(
     }
 }
 
-async fn fail_final(
+fn report_failure(
     sh: &Shared,
     id: &str,
-    token: &str,
     reason: &str,
-    previous_stack: &[String],
-    attempts: u32,
-    keep: &Option<KeepJobs>,
+    outcome: bullpen_core::Result<FailureOutcome>,
 ) {
-    let keep = sh.keep(keep, &sh.opts.remove_on_fail);
-    let r = worker_ops::move_to_finished(
-        &sh.conn,
-        &sh.keys,
-        id,
-        token,
-        now_ms(),
-        &Finish::Failed {
+    match outcome {
+        Ok(FailureOutcome::Retried) => sh.events.send(WorkerEvent::Failed {
+            job_id: id.to_owned(),
             reason: reason.to_owned(),
-            stacktrace_json: stacktrace_json(previous_stack, reason, None),
-            attempts,
-        },
-        keep,
-        None,
-    )
-    .await;
-    match r {
-        Ok(_) => {
+            will_retry: true,
+        }),
+        Ok(other) => {
+            if let FailureOutcome::FailedUnknownBackoff(kind) = other {
+                sh.error(format!("unknown backoff strategy `{kind}` for job {id}: configure custom_backoff; the job failed"));
+            }
             info!(job.id = %id, reason, "job failed");
             sh.events.send(WorkerEvent::Failed {
                 job_id: id.to_owned(),
@@ -719,92 +617,14 @@ async fn fail_final(
     }
 }
 
+async fn fail_final(sh: &Shared, job: &Job<serde_json::Value>, token: &str, reason: &str) {
+    let r = finish::fail_final(&sh.conn, &sh.keys, job, token, reason, sh.policy()).await;
+    report_failure(sh, &job.id, reason, r.map(|()| FailureOutcome::Failed));
+}
+
 async fn fail_or_retry(sh: &Shared, job: &Job<serde_json::Value>, token: &str, reason: &str) {
-    let attempts = attempts_of(job);
-    let started_out = sh
-        .opts
-        .max_started_attempts
-        .is_some_and(|m| job.attempts_started >= m);
-    let may_retry = job.attempts_made.saturating_add(1) < attempts && !started_out;
-    let limit = job.opts.stack_trace_limit;
-    if may_retry {
-        let plan = backoff::plan(
-            job.opts.backoff.as_ref(),
-            job.attempts_made,
-            reason,
-            sh.opts.custom_backoff.as_ref(),
-            backoff::unit_random(),
-        );
-        match plan {
-            RetryPlan::After(d) => {
-                let stack = stacktrace_json(&job.stacktrace, reason, limit);
-                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-                let r = worker_ops::retry_job(
-                    &sh.conn,
-                    &sh.keys,
-                    &job.id,
-                    token,
-                    now_ms(),
-                    ms,
-                    job.opts.lifo,
-                    true,
-                    Some(reason),
-                    Some(&stack),
-                )
-                .await;
-                if r.is_ok() {
-                    sh.events.send(WorkerEvent::Failed {
-                        job_id: job.id.clone(),
-                        reason: reason.to_owned(),
-                        will_retry: true,
-                    });
-                }
-                report_refusal(sh, &job.id, "retry", r);
-                return;
-            }
-            RetryPlan::UnknownStrategy => {
-                let kind = job
-                    .opts
-                    .backoff
-                    .as_ref()
-                    .map(|b| b.kind.as_str().to_owned())
-                    .unwrap_or_default();
-                sh.error(format!(
-                    "unknown backoff strategy `{kind}` for job {}: configure custom_backoff",
-                    job.id
-                ));
-            }
-            RetryPlan::GiveUp => {}
-        }
-    }
-    let keep = &job.opts.remove_on_fail;
-    let keep = sh.keep(keep, &sh.opts.remove_on_fail);
-    let r = worker_ops::move_to_finished(
-        &sh.conn,
-        &sh.keys,
-        &job.id,
-        token,
-        now_ms(),
-        &Finish::Failed {
-            reason: reason.to_owned(),
-            stacktrace_json: stacktrace_json(&job.stacktrace, reason, limit),
-            attempts,
-        },
-        keep,
-        None,
-    )
-    .await;
-    match r {
-        Ok(_) => {
-            info!(job.id = %job.id, reason, "job failed");
-            sh.events.send(WorkerEvent::Failed {
-                job_id: job.id.clone(),
-                reason: reason.to_owned(),
-                will_retry: false,
-            });
-        }
-        Err(e) => report_refusal(sh, &job.id, "fail", Err(e)),
-    }
+    let r = finish::handle_failure(&sh.conn, &sh.keys, job, token, reason, sh.policy()).await;
+    report_failure(sh, &job.id, reason, r);
 }
 
 async fn renew_loop(sh: Arc<Shared>) {
@@ -882,19 +702,5 @@ mod tests {
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64("é".as_bytes()), "w6k=");
         assert_eq!(base64(b""), "");
-    }
-
-    #[test]
-    fn stacktraces_accumulate_and_honour_the_limit() {
-        let prev = vec!["one".to_owned(), "two".to_owned()];
-        let all: Vec<String> =
-            serde_json::from_str(&stacktrace_json(&prev, "three", None)).expect("json");
-        assert_eq!(all.len(), 3);
-        let two: Vec<String> =
-            serde_json::from_str(&stacktrace_json(&prev, "three", Some(2))).expect("json");
-        assert_eq!(two[0], "two");
-        let none: Vec<String> =
-            serde_json::from_str(&stacktrace_json(&prev, "three", Some(0))).expect("json");
-        assert!(none.is_empty());
     }
 }
