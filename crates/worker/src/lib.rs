@@ -32,6 +32,7 @@ mod backoff;
 mod error;
 mod events;
 mod finish;
+mod manual;
 mod options;
 mod processor;
 mod worker;
@@ -39,6 +40,7 @@ mod worker;
 pub use backoff::{plan as backoff_plan, CustomBackoff, RetryPlan};
 pub use error::{Error, Result};
 pub use events::{WorkerEvent, DEFAULT_EVENT_CAPACITY};
+pub use manual::{LockedJob, ManualWorker};
 pub use options::{
     RateLimit, WorkerOptions, WorkerOptionsBuilder, DEFAULT_DRAIN_DELAY, DEFAULT_LOCK_DURATION,
     DEFAULT_MAX_STALLED_COUNT, DEFAULT_STALLED_INTERVAL, MAX_FETCH_BATCH,
