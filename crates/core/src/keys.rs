@@ -92,6 +92,23 @@ impl QueueKeys {
         format!("{}de:{dedup_id}", self.base)
     }
 
+    /// The name of a worker's blocking connection as BullMQ forms it
+    /// (`PREFIX:base64(QUEUE)`, plus `:w:NAME` for a named worker), so that Node's
+    /// `Queue.getWorkers()` lists it.
+    pub fn worker_connection_name(&self, worker_name: Option<&str>) -> String {
+        let mut n = format!("{}:{}", self.prefix, base64(self.name.as_bytes()));
+        if let Some(w) = worker_name {
+            n.push_str(":w:");
+            n.push_str(w);
+        }
+        n
+    }
+
+    /// The name BullMQ gives a `QueueEvents` connection (`PREFIX:base64(QUEUE):qe`).
+    pub fn queue_events_connection_name(&self) -> String {
+        format!("{}:{}:qe", self.prefix, base64(self.name.as_bytes()))
+    }
+
     /// The hash tag Redis Cluster would hash for these keys, if any (the text in the first
     /// `{...}`).
     pub fn hash_tag(&self) -> Option<&str> {
@@ -99,6 +116,25 @@ impl QueueKeys {
         let end = self.base[start + 1..].find('}')? + start + 1;
         (end > start + 1).then(|| &self.base[start + 1..end])
     }
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                char::from(A[((n >> (18 - 6 * i)) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    out
 }
 
 /// Job states and the key that holds each.
@@ -204,6 +240,17 @@ mod tests {
         let t = QueueKeys::new("{bull}", "q").expect("valid");
         assert_eq!(t.hash_tag(), Some("bull"));
         assert_eq!(t.key("events"), "{bull}:q:events");
+    }
+
+    #[test]
+    fn connection_names_follow_bullmq() {
+        let k = QueueKeys::new("bull", "st1").expect("valid");
+        assert_eq!(k.worker_connection_name(Some("wA")), "bull:c3Qx:w:wA");
+        assert_eq!(k.worker_connection_name(None), "bull:c3Qx");
+        assert_eq!(k.queue_events_connection_name(), "bull:c3Qx:qe");
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64("é".as_bytes()), "w6k=");
     }
 
     #[test]

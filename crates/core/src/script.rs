@@ -113,3 +113,4 @@ script_with_lib!(RETRY_JOB, "retry_job");
 script_with_lib!(MOVE_TO_WAIT_FRONT, "move_to_wait_front");
 script!(EXTEND_LOCKS, "extend_locks");
 script_with_lib!(MOVE_STALLED_JOBS_TO_WAIT, "move_stalled_jobs_to_wait");
+script!(READ_EVENTS, "read_events");

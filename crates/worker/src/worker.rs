@@ -40,25 +40,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Standard base64 (with padding) of `bytes`, for connection names as BullMQ forms them.
-pub(crate) fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 struct Running {
     token: String,
     cancel: CancellationToken,
@@ -139,11 +120,7 @@ impl Worker {
         opts: WorkerOptions,
     ) -> Result<Self> {
         let keys = QueueKeys::new(&opts.prefix, queue)?;
-        let mut name = format!("{}:{}", opts.prefix, base64(queue.as_bytes()));
-        if let Some(n) = &opts.name {
-            name.push_str(":w:");
-            name.push_str(n);
-        }
+        let name = keys.worker_connection_name(opts.name.as_deref());
         let conn = Connection::connect(redis.clone()).await?;
         let blocking =
             BlockingConnection::connect(redis.with_command_timeout(None).with_client_name(name))
@@ -688,19 +665,5 @@ async fn stall_loop(sh: Arc<Shared>) {
         if !nap(&sh, sh.opts.stalled_interval).await {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(base64(b"st1"), "c3Qx");
-        assert_eq!(base64(b"a"), "YQ==");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64("é".as_bytes()), "w6k=");
-        assert_eq!(base64(b""), "");
     }
 }
