@@ -1,46 +1,38 @@
 --[[
-  read_events: reads the events stream after a position, and says whether entries after
-  that position were deleted (trimmed) before they could be read.
+  read_events: reads the events stream after a position, with what a reader needs to tell
+  whether entries after that position were trimmed away before it could read them.
 
   KEYS: 1 events
-  ARGV: 1 last id delivered ("0-0" for the start), 2 maximum entries to return
-  Reply: { gap 0|1, first id still in the stream or "", entries as XRANGE returns them,
-           the stream's last generated id }
+  ARGV: 1 last id delivered ("0-0" for the start), 2 maximum entries to return (0 = none)
+  Reply: { oldest id still in the stream or "", entries-added, length, last-generated-id,
+           entries after the position as XRANGE returns them }
 
-  On Redis 7 the stream's max-deleted-entry-id says exactly whether anything after the
-  position was deleted. On older servers the first retained id is compared instead, which
-  can report a gap that was only a deleted position.
+  Streams lose entries from the head only (trimming), so the oldest retained entry is number
+  entries-added - length + 1 of all entries ever added. A reader that knows the number of the
+  last entry it delivered sees a gap exactly when the oldest retained entry is past its
+  position and numbered more than one beyond it. (Entries removed with XDEL break that
+  arithmetic and are reported as gaps too.)
 ]]
 if redis.call("EXISTS", KEYS[1]) == 0 then
-  return { 0, "", {}, "0-0" }
-end
-local function parse(id)
-  local ms, seq = string.match(id, "^(%d+)-(%d+)$")
-  return tonumber(ms or 0), tonumber(seq or 0)
-end
-local function after(a, b) -- a > b
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  return am > bm or (am == bm and as > bs)
+  return { "", 0, 0, "0-0", {} }
 end
 local info = redis.call("XINFO", "STREAM", KEYS[1])
-local maxDeleted, first, lastGenerated = nil, "", "0-0"
+local first, added, length, lastGenerated = "", 0, 0, "0-0"
 for i = 1, #info, 2 do
-  if info[i] == "max-deleted-entry-id" then
-    maxDeleted = info[i + 1]
-  elseif info[i] == "last-generated-id" then
-    lastGenerated = info[i + 1]
-  elseif info[i] == "first-entry" and type(info[i + 1]) == "table" then
-    first = info[i + 1][1]
+  local k, v = info[i], info[i + 1]
+  if k == "first-entry" and type(v) == "table" then
+    first = v[1]
+  elseif k == "entries-added" then
+    added = v
+  elseif k == "length" then
+    length = v
+  elseif k == "last-generated-id" then
+    lastGenerated = v
   end
 end
-local last = ARGV[1]
-local gap = 0
-if maxDeleted then
-  if after(maxDeleted, last) then gap = 1 end
-elseif last ~= "0-0" and first ~= "" and after(first, last) then
-  -- Pre-7.0 servers: the oldest retained entry is past our position.
-  gap = 1
+local entries = {}
+local count = tonumber(ARGV[2])
+if count > 0 then
+  entries = redis.call("XRANGE", KEYS[1], "(" .. ARGV[1], "+", "COUNT", count)
 end
-local entries = redis.call("XRANGE", KEYS[1], "(" .. last, "+", "COUNT", tonumber(ARGV[2]))
-return { gap, first, entries, lastGenerated }
+return { first, added, length, lastGenerated, entries }

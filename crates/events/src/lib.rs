@@ -24,6 +24,7 @@
 //!         EventItem::Event { id, event } => println!("{id} {}", event.name()),
 //!         EventItem::Malformed { id, error } => eprintln!("{id}: {error}"),
 //!         EventItem::Gap { after, .. } => eprintln!("events after {after} were trimmed"),
+//!         _ => {}
 //!     }
 //! }
 //! # Ok(()) }
@@ -167,6 +168,8 @@ pub struct QueueEvents {
     conn: BlockingConnection,
     keys: QueueKeys,
     last_id: String,
+    /// Number of the last delivered entry among all entries ever added, when known.
+    number: Option<u64>,
     buffer: VecDeque<EventItem>,
     block: Duration,
     closed: CancellationToken,
@@ -239,15 +242,20 @@ impl QueueEvents {
         let conn =
             BlockingConnection::connect(redis.with_command_timeout(None).with_client_name(name))
                 .await?;
-        let last_id = match opts.start {
-            StartAt::Beginning => "0-0".to_owned(),
-            StartAt::After(id) => id,
-            StartAt::Now => newest_id(conn.connection(), &keys).await?,
+        let (last_id, number) = match opts.start {
+            // Entries trimmed before we started are not a gap: unknown position.
+            StartAt::Beginning => ("0-0".to_owned(), None),
+            StartAt::After(id) => (id, None),
+            StartAt::Now => {
+                let r = read_events(conn.connection(), &keys, "0-0", 0).await?;
+                (r.last_generated, Some(r.added))
+            }
         };
         Ok(Self {
             conn,
             keys,
             last_id,
+            number,
             buffer: VecDeque::new(),
             block: opts.block.max(Duration::from_millis(1)),
             closed: CancellationToken::new(),
@@ -312,44 +320,44 @@ impl QueueEvents {
 
     /// Reads one batch into the buffer; `true` if it delivered something.
     async fn read_batch(&mut self) -> Result<bool> {
-        let reply: Value = READ_EVENTS
-            .run(
-                self.conn.connection(),
-                &[self.keys.key("events")],
-                &[self.last_id.clone(), BATCH.to_string()],
-            )
-            .await?;
-        let Value::Array(parts) = reply else {
-            return Err(Error::Reply("read_events did not answer an array".into()));
+        let r = read_events(self.conn.connection(), &self.keys, &self.last_id, BATCH).await?;
+        let oldest_is_past_us = !r.first.is_empty() && id_after(&r.first, &self.last_id);
+        // Number (1-based, of all entries ever added) of the oldest retained entry.
+        let oldest_number = (r.added + 1).saturating_sub(r.length);
+        let gap = match self.number {
+            Some(k) if r.length == 0 => r.added > k,
+            Some(k) => oldest_is_past_us && oldest_number > k + 1,
+            // Unknown position (started after a given id): the oldest entry being past us is
+            // the best evidence there is.
+            None => self.last_id != "0-0" && oldest_is_past_us,
         };
-        let gap = matches!(parts.first(), Some(Value::Int(1)));
-        let first = parts.get(1).and_then(text).unwrap_or_default();
-        let entries = parts
-            .get(2)
-            .map(parse_entries)
-            .transpose()?
-            .unwrap_or_default();
         if gap {
             self.buffer.push_back(EventItem::Gap {
                 after: self.last_id.clone(),
-                resumed_at: first,
+                resumed_at: r.first.clone(),
             });
         }
-        let delivered = gap || !entries.is_empty();
-        let entries_read = !entries.is_empty();
-        for (id, fields) in entries {
+        let base = if oldest_is_past_us {
+            Some(oldest_number)
+        } else {
+            self.number.map(|k| k + 1)
+        };
+        let n = r.entries.len() as u64;
+        let delivered = gap || n > 0;
+        if n > 0 {
+            self.number = base.map(|b| b + n - 1);
+        } else if gap {
+            // Everything after us was trimmed: stand at the end, or the same gap would be
+            // reported again.
+            self.last_id = r.last_generated.clone();
+            self.number = Some(r.added);
+        }
+        for (id, fields) in r.entries {
             self.last_id = id.clone();
             self.buffer.push_back(match Event::from_fields(&fields) {
                 Ok(event) => EventItem::Event { id, event },
                 Err(error) => EventItem::Malformed { id, error },
             });
-        }
-        if gap && !entries_read {
-            // Everything after us was trimmed: move past the deleted ids, or the same gap
-            // would be reported again.
-            if let Some(last) = parts.get(3).and_then(text) {
-                self.last_id = last;
-            }
         }
         Ok(delivered)
     }
@@ -450,6 +458,56 @@ impl QueueEvents {
         });
         (tx, handle)
     }
+}
+
+/// What `read_events.lua` answered.
+struct ReadReply {
+    first: String,
+    added: u64,
+    length: u64,
+    last_generated: String,
+    entries: Vec<Entry>,
+}
+
+async fn read_events(
+    conn: &Connection,
+    keys: &QueueKeys,
+    after: &str,
+    count: usize,
+) -> Result<ReadReply> {
+    let reply: Value = READ_EVENTS
+        .run(
+            conn,
+            &[keys.key("events")],
+            &[after.to_owned(), count.to_string()],
+        )
+        .await?;
+    let Value::Array(p) = reply else {
+        return Err(Error::Reply("read_events did not answer an array".into()));
+    };
+    let num = |v: Option<&Value>| match v {
+        Some(Value::Int(i)) => u64::try_from(*i).unwrap_or(0),
+        _ => 0,
+    };
+    Ok(ReadReply {
+        first: p.first().and_then(text).unwrap_or_default(),
+        added: num(p.get(1)),
+        length: num(p.get(2)),
+        last_generated: p.get(3).and_then(text).unwrap_or_else(|| "0-0".into()),
+        entries: p.get(4).map(parse_entries).transpose()?.unwrap_or_default(),
+    })
+}
+
+/// Whether stream id `a` is after `b`.
+fn id_after(a: &str, b: &str) -> bool {
+    let parse = |s: &str| {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    parse(a) > parse(b)
 }
 
 async fn newest_id(conn: &Connection, keys: &QueueKeys) -> Result<String> {
