@@ -1,11 +1,12 @@
 //! `bullpen`: the command-line tool.
 //!
 //! `doctor` checks a Redis server as a production guide would; `add`, `stats`, `job`, `jobs`,
-//! `pause`, `resume`, `drain`, `clean`, `obliterate`, `retry` and `promote` work on BullMQ
-//! queues. Every queue command takes `--url` (or
+//! `pause`, `resume`, `drain`, `clean`, `obliterate`, `retry`, `promote`, `work` and `events`
+//! work on BullMQ queues. Every queue command takes `--url` (or
 //! `BULLPEN_URL`) and `--prefix`.
 
 mod doctor;
+mod events_cmd;
 mod queue_cmd;
 mod work_cmd;
 
@@ -167,6 +168,20 @@ enum Command {
         /// Stalls tolerated before a job is failed (BullMQ's default: 1).
         #[arg(long, default_value_t = 1)]
         max_stalled_count: u32,
+        #[command(flatten)]
+        target: QueueArgs,
+    },
+    /// Tail a queue's events live, one line per event (JSON lines with --json). Exits
+    /// cleanly on SIGINT.
+    Events {
+        /// Queue name.
+        queue: String,
+        /// Start after this stream id (`0` for the beginning; the default is now).
+        #[arg(long)]
+        from: Option<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: QueueArgs,
     },
@@ -376,6 +391,14 @@ async fn main() -> ExitCode {
                 .await
                 .map(|()| true)
         }
+        Command::Events {
+            queue,
+            from,
+            json,
+            target: t,
+        } => events_cmd::events(&target(t), &queue, from, json)
+            .await
+            .map(|()| true),
         Command::Doctor { url } => {
             return match run_doctor(&url).await {
                 Ok(code) => code,
