@@ -429,6 +429,15 @@ impl QueueEvents {
         }
     }
 
+    /// The listener as a `Stream`: each poll reads on demand, so a slow consumer only reads
+    /// later and nothing piles up in memory. Ends when the listener is closed.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<EventItem>> + Send {
+        futures_util::stream::unfold(self, |mut ev| async move {
+            let item = ev.next().await?;
+            Some((item, ev))
+        })
+    }
+
     /// Moves the listener to a task that fans events out on a broadcast channel of
     /// `capacity`. Lag policy: a receiver that falls more than `capacity` items behind gets
     /// `RecvError::Lagged(n)` and loses the oldest items; memory stays bounded. The task ends

@@ -397,6 +397,24 @@ async fn close_returns_promptly_while_blocked() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_stream_form_reads_on_demand() {
+    use futures_util::StreamExt;
+    let server = RedisServer::start().expect("redis-server");
+    let q = queue(&server.url(), "s").await;
+    for i in 0..3 {
+        q.add("x", &json!(i), JobOptions::default())
+            .await
+            .expect("add");
+    }
+    let ev = listener(&server.url(), "s", StartAt::Beginning).await;
+    let items: Vec<_> = ev.into_stream().take(6).collect().await;
+    assert_eq!(items.len(), 6);
+    assert!(items
+        .iter()
+        .all(|i| matches!(i, Ok(EventItem::Event { .. }))));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn broadcast_fan_out_is_bounded() {
     let server = RedisServer::start().expect("redis-server");
     let q = queue(&server.url(), "b").await;
