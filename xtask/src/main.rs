@@ -5,6 +5,7 @@
 //! * `cargo xtask demo`: a private redis-server, a supervised connection, a kill -9 and a
 //!   restart, shown live with the measured times.
 
+mod bench;
 mod demo;
 mod interop;
 mod redis_install;
@@ -17,8 +18,9 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
-            println!("usage: cargo xtask <command>\n\ncommands:\n  test   everything CI runs (fmt, clippy, layering, tests)\n  demo   live connection lifecycle through a redis kill -9 and restart");
+            println!("usage: cargo xtask <command>\n\ncommands:\n  test   everything CI runs (fmt, clippy, layering, tests)\n  demo   live connection lifecycle through a redis kill -9 and restart\n  bench  add throughput and memory per job, bullpen vs Node BullMQ (release build; --quick, --reps N)");
             Ok(())
         }
         Some(other) => bail!("unknown command `{other}`; try `cargo xtask help`"),
