@@ -30,15 +30,17 @@ local function emit_trimmed(...)
   redis.call("XADD", KEYS[8], "MAXLEN", "~", maxEvents, "*", ...)
 end
 
+-- Adds never change pause or the active count, so one answer serves the whole call.
+local pausedOrMaxed = nil
 local function paused_or_maxed()
-  if redis.call("HEXISTS", KEYS[2], "paused") == 1 then
-    return true
+  if pausedOrMaxed == nil then
+    pausedOrMaxed = redis.call("HEXISTS", KEYS[2], "paused") == 1
+    local limit = redis.call("HGET", KEYS[2], "concurrency")
+    if not pausedOrMaxed and limit and redis.call("LLEN", KEYS[9]) >= tonumber(limit) then
+      pausedOrMaxed = true
+    end
   end
-  local limit = redis.call("HGET", KEYS[2], "concurrency")
-  if limit and redis.call("LLEN", KEYS[9]) >= tonumber(limit) then
-    return true
-  end
-  return false
+  return pausedOrMaxed
 end
 
 -- Marker "1" carries the due time of the earliest delayed job.
