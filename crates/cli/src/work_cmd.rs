@@ -129,27 +129,66 @@ pub async fn work(t: &Target, queue: &str, a: WorkArgs) -> CmdResult<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             ev = events.recv() => match ev {
-                Ok(WorkerEvent::Completed { job_id, .. }) => {
-                    eprintln!("completed {job_id}");
-                    let n = finished.fetch_add(1, Ordering::SeqCst) + 1;
-                    if a.max_jobs.is_some_and(|m| n >= m) { break; }
-                }
-                Ok(WorkerEvent::Failed { job_id, reason, will_retry }) => {
-                    eprintln!("failed {job_id}: {reason}{}", if will_retry { " (will retry)" } else { "" });
-                    if !will_retry {
+                Ok(ev) => {
+                    if report(&ev) {
                         let n = finished.fetch_add(1, Ordering::SeqCst) + 1;
                         if a.max_jobs.is_some_and(|m| n >= m) { break; }
                     }
+                    match ev {
+                        WorkerEvent::Drained => drained = true,
+                        WorkerEvent::Active { .. } => drained = false,
+                        _ => {}
+                    }
                 }
-                Ok(WorkerEvent::Drained) => drained = true,
-                Ok(WorkerEvent::Active { .. }) => drained = false,
-                Ok(WorkerEvent::Error { message }) => eprintln!("error: {message}"),
-                Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => break,
             },
         }
     }
-    worker.close(grace).await;
+    // Jobs that finish during the grace period are reported like any other.
+    let close = worker.close(grace);
+    tokio::pin!(close);
+    loop {
+        tokio::select! {
+            _ = &mut close => break,
+            ev = events.recv() => match ev {
+                Ok(ev) => { report(&ev); }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => {
+                    (&mut close).await;
+                    break;
+                }
+            },
+        }
+    }
+    while let Ok(ev) = events.try_recv() {
+        report(&ev);
+    }
     Ok(())
+}
+
+/// Prints one worker event; `true` when it ends a job for good.
+fn report(ev: &WorkerEvent) -> bool {
+    match ev {
+        WorkerEvent::Completed { job_id, .. } => {
+            eprintln!("completed {job_id}");
+            true
+        }
+        WorkerEvent::Failed {
+            job_id,
+            reason,
+            will_retry,
+        } => {
+            eprintln!(
+                "failed {job_id}: {reason}{}",
+                if *will_retry { " (will retry)" } else { "" }
+            );
+            !will_retry
+        }
+        WorkerEvent::Error { message } => {
+            eprintln!("error: {message}");
+            false
+        }
+        _ => false,
+    }
 }

@@ -40,9 +40,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// One run, keyed by its token in `Shared::running`: the same job can be run twice by one
+/// worker (a stale run that ignored its cancellation, and the fresh run after recovery), and
+/// the stale run ending must not untrack the fresh one.
 struct Running {
-    token: String,
+    id: String,
     cancel: CancellationToken,
+    /// A newer run of the same job started here: this run's lock is gone, so it is neither
+    /// renewed nor handed back; it still occupies a slot until it ends.
+    stale: bool,
 }
 
 struct Shared {
@@ -52,6 +58,7 @@ struct Shared {
     opts: WorkerOptions,
     events: EventSender,
     concurrency: watch::Sender<usize>,
+    /// Runs in progress, by token.
     running: Mutex<HashMap<String, Running>>,
     slot_freed: Notify,
     closing: CancellationToken,
@@ -206,10 +213,17 @@ impl Worker {
             .lock()
             .map(|r| {
                 r.iter()
-                    .map(|(id, run)| (id.clone(), run.token.clone(), run.cancel.clone()))
+                    .filter(|(_, run)| !run.stale)
+                    .map(|(token, run)| (run.id.clone(), token.clone(), run.cancel.clone()))
                     .collect()
             })
             .unwrap_or_default();
+        // Stale runs only need stopping.
+        if let Ok(r) = sh.running.lock() {
+            for run in r.values().filter(|run| run.stale) {
+                run.cancel.cancel();
+            }
+        }
         for (id, token, cancel) in remaining {
             // Hand back first: that releases the lock, so whatever the cancelled run does next
             // (fail, retry, complete) is refused instead of racing the hand-back.
@@ -392,20 +406,25 @@ async fn fetch_loop<P: Processor>(sh: Arc<Shared>, processor: Arc<P>) {
 fn start_job<P: Processor>(sh: &Arc<Shared>, processor: Arc<P>, job: ActiveJob) {
     let cancel = CancellationToken::new();
     if let Ok(mut r) = sh.running.lock() {
+        for older in r.values_mut().filter(|run| run.id == job.id) {
+            older.stale = true;
+            older.cancel.cancel();
+        }
         r.insert(
-            job.id.clone(),
+            job.token.clone(),
             Running {
-                token: job.token.clone(),
+                id: job.id.clone(),
                 cancel: cancel.clone(),
+                stale: false,
             },
         );
     }
     let sh = sh.clone();
     tokio::spawn(async move {
-        let id = job.id.clone();
+        let token = job.token.clone();
         run_job(&sh, processor, job, cancel).await;
         if let Ok(mut r) = sh.running.lock() {
-            r.remove(&id);
+            r.remove(&token);
         }
         sh.slot_freed.notify_one();
     });
@@ -615,7 +634,8 @@ async fn renew_loop(sh: Arc<Shared>) {
             .lock()
             .map(|r| {
                 r.iter()
-                    .map(|(id, run)| (id.clone(), run.token.clone()))
+                    .filter(|(_, run)| !run.stale)
+                    .map(|(token, run)| (run.id.clone(), token.clone()))
                     .collect()
             })
             .unwrap_or_default();
@@ -625,13 +645,11 @@ async fn renew_loop(sh: Arc<Shared>) {
         match worker_ops::extend_locks(&sh.conn, &sh.keys, &locks, duration).await {
             Ok(lost) => {
                 for id in lost {
-                    let cancel = sh
-                        .running
-                        .lock()
-                        .ok()
-                        .and_then(|r| r.get(&id).map(|run| run.cancel.clone()));
-                    if let Some(c) = cancel {
-                        c.cancel();
+                    // Only one live (non-stale) run per job is renewed, so the id names it.
+                    if let Ok(r) = sh.running.lock() {
+                        for run in r.values().filter(|run| run.id == id && !run.stale) {
+                            run.cancel.cancel();
+                        }
                     }
                     warn!(job.id = %id, "lock lost; the run is cancelled and its result will be refused");
                     sh.events.send(WorkerEvent::LockLost { job_id: id });
