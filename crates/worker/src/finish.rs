@@ -61,7 +61,8 @@ pub(crate) fn stacktrace_json(previous: &[String], reason: &str, limit: Option<u
     serde_json::to_string(&all).unwrap_or_else(|_| "[]".to_owned())
 }
 
-/// Completes a job with its return value (JSON text).
+/// Completes a job with its return value (JSON text), optionally fetching the next job in
+/// the same call.
 pub(crate) async fn complete(
     conn: &Connection,
     keys: &QueueKeys,
@@ -69,7 +70,8 @@ pub(crate) async fn complete(
     token: &str,
     value_json: String,
     keep: worker_ops::KeepJobs,
-) -> bullpen_core::Result<()> {
+    fetch_next: Option<(&[String], &worker_ops::FetchOptions)>,
+) -> bullpen_core::Result<worker_ops::Fetched> {
     worker_ops::move_to_finished(
         conn,
         keys,
@@ -80,10 +82,9 @@ pub(crate) async fn complete(
             return_value_json: value_json,
         },
         keep,
-        None,
+        fetch_next,
     )
     .await
-    .map(|_| ())
 }
 
 /// Fails a job for good.

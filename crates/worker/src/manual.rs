@@ -106,7 +106,17 @@ impl ManualWorker {
     pub async fn move_to_completed<T: Serialize>(&self, job: &LockedJob, value: &T) -> Result<()> {
         let json = serde_json::to_string(value).map_err(Error::Serialize)?;
         let keep = finish::keep_jobs(job.job.opts.remove_on_complete.as_ref(), None);
-        Ok(finish::complete(&self.conn, &self.keys, &job.job.id, &job.token, json, keep).await?)
+        finish::complete(
+            &self.conn,
+            &self.keys,
+            &job.job.id,
+            &job.token,
+            json,
+            keep,
+            None,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Fails the attempt with `reason`: retried (after its backoff) while attempts remain.

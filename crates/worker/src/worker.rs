@@ -502,7 +502,12 @@ async fn run_job<P: Processor>(
         Err(join) => Err(JobError::Failed(panic_message(join))),
     };
     match result {
-        Ok(value) => complete(sh, &id, &token, value, &meta.opts.remove_on_complete).await,
+        Ok(value) => {
+            let next = complete(sh, &id, &token, value, &meta.opts.remove_on_complete).await;
+            for job in next.map(|f| f.jobs).unwrap_or_default() {
+                start_job(sh, processor.clone(), job);
+            }
+        }
         Err(JobError::Failed(reason)) => fail_or_retry(sh, &meta, &token, &reason).await,
         Err(JobError::Unrecoverable(reason)) => fail_final(sh, &meta, &token, &reason).await,
         Err(JobError::Delay(d)) => {
@@ -566,23 +571,56 @@ impl Shared {
     }
 }
 
+/// Completes a job and, unless the worker is closing or rate limited, takes the next job in
+/// the same script call (BullMQ's fetch-next), returning what it fetched.
 async fn complete(
     sh: &Shared,
     id: &str,
     token: &str,
     value: serde_json::Value,
     keep: &Option<KeepJobs>,
-) {
+) -> Option<worker_ops::Fetched> {
     let keep = finish::keep_jobs(keep.as_ref(), sh.opts.remove_on_complete.as_ref());
-    match finish::complete(&sh.conn, &sh.keys, id, token, value.to_string(), keep).await {
-        Ok(()) => {
+    let limited = sh
+        .limited_until
+        .lock()
+        .ok()
+        .and_then(|l| *l)
+        .is_some_and(|until| until > Instant::now());
+    let next_tokens = [sh.next_token()];
+    let fetch_opts = sh.fetch_options();
+    // This run still counts as running, so its slot is kept only within the concurrency.
+    let within = sh.running_count() <= *sh.concurrency.borrow();
+    let fetch_next = (!sh.closing.is_cancelled() && !limited && within)
+        .then_some((&next_tokens[..], &fetch_opts));
+    match finish::complete(
+        &sh.conn,
+        &sh.keys,
+        id,
+        token,
+        value.to_string(),
+        keep,
+        fetch_next,
+    )
+    .await
+    {
+        Ok(fetched) => {
             debug!(job.id = %id, "job completed");
             sh.events.send(WorkerEvent::Completed {
                 job_id: id.to_owned(),
                 return_value: value,
             });
+            if fetched.rate_limit_ttl_ms > 0 {
+                if let Ok(mut l) = sh.limited_until.lock() {
+                    *l = Some(Instant::now() + Duration::from_millis(fetched.rate_limit_ttl_ms));
+                }
+            }
+            Some(fetched)
         }
-        Err(e) => report_refusal(sh, id, "complete", Err(e)),
+        Err(e) => {
+            report_refusal(sh, id, "complete", Err(e));
+            None
+        }
     }
 }
 

@@ -516,3 +516,114 @@ async fn a_stalled_job_is_recovered_and_a_lost_lock_refuses_the_stale_finish() {
         .any(|e| e[1] == "stalled" && e[3] == id));
     worker.close(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rate_limiter_spaces_jobs_out() {
+    let server = RedisServer::start().expect("redis-server");
+    let q = queue(&server, "rl").await;
+    for i in 0..6 {
+        q.add("j", &json!(i), o()).await.expect("add");
+    }
+    let processor = from_fn(|_job: Job<Value>, _ctx| async move { Ok::<_, JobError>(json!(1)) });
+    let t = std::time::Instant::now();
+    let worker = Worker::start(
+        redis_opts(&server.url()),
+        "rl",
+        processor,
+        test_opts()
+            .concurrency(4)
+            .limiter(2, Duration::from_millis(700))
+            .build()
+            .expect("opts"),
+    )
+    .await
+    .expect("worker");
+    until_count(&q, JobState::Completed, 6, 15).await;
+    // 2 jobs per 700 ms window: the sixth starts in the third window.
+    assert!(
+        t.elapsed() >= Duration::from_millis(1_400),
+        "{:?}",
+        t.elapsed()
+    );
+    let started: Vec<u64> = {
+        let mut v = Vec::new();
+        for id in 1..=6 {
+            let j = q.get_job(&id.to_string()).await.expect("get").expect("job");
+            v.push(j.processed_on.expect("processedOn"));
+        }
+        v.sort_unstable();
+        v
+    };
+    assert!(
+        started[4] - started[0] >= 1_300,
+        "windows honoured: {started:?}"
+    );
+    worker.close(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_processor_hitting_a_rate_limit_puts_the_job_back_without_an_attempt() {
+    let server = RedisServer::start().expect("redis-server");
+    let q = queue(&server, "rp").await;
+    let id = q.add("api-call", &json!({}), o()).await.expect("add").id;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r2 = runs.clone();
+    let processor = from_fn(move |_job: Job<Value>, _ctx| {
+        let runs = r2.clone();
+        async move {
+            if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(JobError::RateLimited(Duration::from_millis(500)))
+            } else {
+                Ok(json!("done"))
+            }
+        }
+    });
+    let t = std::time::Instant::now();
+    let worker = Worker::start(
+        redis_opts(&server.url()),
+        "rp",
+        processor,
+        test_opts()
+            .limiter(100, Duration::from_secs(1))
+            .build()
+            .expect("opts"),
+    )
+    .await
+    .expect("worker");
+    until_count(&q, JobState::Completed, 1, 10).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "waited for the limit: {:?}",
+        t.elapsed()
+    );
+    let j = q.get_job(&id).await.expect("get").expect("job");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        j.attempts_made, 1,
+        "the rate-limited run was not an attempt"
+    );
+    assert!(stream(&q)
+        .await
+        .iter()
+        .any(|e| e[1] == "waiting" && e.get(5).map(String::as_str) == Some("active")));
+    // The manual limit: set for the whole queue, honoured by workers with a limiter.
+    worker
+        .rate_limit(Duration::from_millis(600))
+        .await
+        .expect("rate limit");
+    let pttl: i64 = q
+        .connection()
+        .query(redis::cmd("PTTL").arg(q.keys().key("limiter")))
+        .await
+        .expect("PTTL");
+    assert!(pttl > 0 && pttl <= 600, "{pttl}");
+    let t = std::time::Instant::now();
+    q.add("after", &json!({}), o()).await.expect("add");
+    until_count(&q, JobState::Completed, 2, 10).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    worker.close(Duration::from_secs(1)).await;
+}
