@@ -93,7 +93,7 @@ fn classify(opts: &RedisOptions, step: Step, e: RedisError) -> Error {
     }
 }
 
-fn socket_error(opts: &RedisOptions, e: std::io::Error) -> Error {
+pub(crate) fn socket_error(opts: &RedisOptions, e: std::io::Error) -> Error {
     Error::Connect {
         target: opts.redacted_target(),
         source: Arc::new(e),
@@ -105,37 +105,23 @@ fn socket_error(opts: &RedisOptions, e: std::io::Error) -> Error {
 pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Result<Dialed> {
     let attempt = async {
         match &opts.endpoint {
-            Endpoint::Tcp { host, port } => {
-                let stream = TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(|e| socket_error(opts, e))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| socket_error(opts, e))?;
-                if let Some(idle) = opts.keep_alive {
-                    let ka = socket2::TcpKeepalive::new()
-                        .with_time(idle)
-                        .with_interval(Duration::from_secs(5));
-                    let ka = ka.with_retries(3);
-                    socket2::SockRef::from(&stream)
-                        .set_tcp_keepalive(&ka)
-                        .map_err(|e| socket_error(opts, e))?;
-                }
-                on_socket();
-                match &opts.tls {
-                    Some(tls) => {
-                        let stream = crate::tls::wrap(opts, tls, host, stream).await?;
-                        handshake(opts, stream).await
-                    }
-                    None => handshake(opts, stream).await,
-                }
-            }
+            Endpoint::Tcp { host, port } => dial_tcp(opts, host, *port, on_socket).await,
             Endpoint::Unix { path } => {
                 let stream = UnixStream::connect(path)
                     .await
                     .map_err(|e| socket_error(opts, e))?;
                 on_socket();
                 handshake(opts, stream).await
+            }
+            Endpoint::Sentinel {
+                sentinels,
+                master_name,
+            } => {
+                let (host, port) =
+                    crate::sentinel::master_address(opts, sentinels, master_name).await?;
+                let mut dialed = dial_tcp(opts, &host, port, on_socket).await?;
+                crate::sentinel::check_role(opts, &mut dialed.conn, &host, port).await?;
+                Ok(dialed)
             }
         }
     };
@@ -160,6 +146,37 @@ pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Resul
         check_server(opts, info)?;
     }
     Ok(dialed)
+}
+
+async fn dial_tcp(
+    opts: &RedisOptions,
+    host: &str,
+    port: u16,
+    on_socket: impl FnOnce(),
+) -> Result<Dialed> {
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| socket_error(opts, e))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| socket_error(opts, e))?;
+    if let Some(idle) = opts.keep_alive {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(Duration::from_secs(5))
+            .with_retries(3);
+        socket2::SockRef::from(&stream)
+            .set_tcp_keepalive(&ka)
+            .map_err(|e| socket_error(opts, e))?;
+    }
+    on_socket();
+    match &opts.tls {
+        Some(tls) => {
+            let stream = crate::tls::wrap(opts, tls, host, stream).await?;
+            handshake(opts, stream).await
+        }
+        None => handshake(opts, stream).await,
+    }
 }
 
 async fn handshake<S>(opts: &RedisOptions, stream: S) -> Result<Dialed>

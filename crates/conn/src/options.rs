@@ -45,6 +45,14 @@ pub enum Endpoint {
         /// Path of the socket file.
         path: PathBuf,
     },
+    /// The master that these sentinels monitor under `master_name`, found again after every
+    /// reconnect (so a failover is followed).
+    Sentinel {
+        /// The sentinels, tried in order.
+        sentinels: Vec<(String, u16)>,
+        /// The monitored master's name.
+        master_name: String,
+    },
 }
 
 impl fmt::Display for Endpoint {
@@ -53,6 +61,14 @@ impl fmt::Display for Endpoint {
             Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
             Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
             Endpoint::Unix { path } => write!(f, "unix:{}", path.display()),
+            Endpoint::Sentinel {
+                sentinels,
+                master_name,
+            } => {
+                let hosts: Vec<String> =
+                    sentinels.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                write!(f, "{}/{master_name}", hosts.join(","))
+            }
         }
     }
 }
@@ -203,6 +219,8 @@ pub struct RedisOptions {
     pub username: Option<String>,
     /// Password (`AUTH`).
     pub password: Option<String>,
+    /// Password of the sentinels themselves (Sentinel endpoints only).
+    pub sentinel_password: Option<String>,
     /// Client name (`CLIENT SETNAME`), replayed after every reconnect.
     pub client_name: Option<String>,
     /// Timeout of one connect attempt: TCP connect plus handshake (ioredis `connectTimeout`).
@@ -251,6 +269,10 @@ impl fmt::Debug for RedisOptions {
             .field("db", &self.db)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("client_name", &self.client_name)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
@@ -282,6 +304,7 @@ impl Default for RedisOptions {
             db: 0,
             username: None,
             password: None,
+            sentinel_password: None,
             client_name: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: None,
@@ -448,6 +471,23 @@ impl RedisOptions {
                     return bad("tls", "TLS over a unix socket is not supported");
                 }
             }
+            Endpoint::Sentinel {
+                sentinels,
+                master_name,
+            } => {
+                if sentinels.is_empty() {
+                    return bad("sentinels", "at least one sentinel is needed");
+                }
+                if sentinels.iter().any(|(h, p)| h.is_empty() || *p == 0) {
+                    return bad(
+                        "sentinels",
+                        "every sentinel needs a host and a port between 1 and 65535",
+                    );
+                }
+                if master_name.is_empty() {
+                    return bad("master_name", "must not be empty");
+                }
+            }
         }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be greater than zero");
@@ -490,6 +530,7 @@ impl RedisOptions {
     pub fn redacted_target(&self) -> String {
         let scheme = match (&self.endpoint, &self.tls) {
             (Endpoint::Unix { .. }, _) => "redis+unix",
+            (Endpoint::Sentinel { .. }, _) => "redis+sentinel",
             (_, Some(_)) => "rediss",
             _ => "redis",
         };

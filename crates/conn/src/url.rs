@@ -9,6 +9,7 @@ use crate::options::{Endpoint, RedisOptions, TlsOptions};
 
 /// Removes credentials from a URL for use in messages.
 pub(crate) fn redact(raw: &str) -> String {
+    let raw = &redact_query_password(raw);
     match Url::parse(raw) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -20,6 +21,19 @@ pub(crate) fn redact(raw: &str) -> String {
             (Some(s), Some(at)) if at > s => format!("{}<redacted>{}", &raw[..s + 3], &raw[at..]),
             _ => raw.to_owned(),
         },
+    }
+}
+
+/// Hides the value of a `sentinel_password` query parameter.
+fn redact_query_password(raw: &str) -> String {
+    const KEY: &str = "sentinel_password=";
+    match raw.find(KEY) {
+        Some(i) => {
+            let start = i + KEY.len();
+            let end = raw[start..].find('&').map_or(raw.len(), |e| start + e);
+            format!("{}<redacted>{}", &raw[..start], &raw[end..])
+        }
+        None => raw.to_owned(),
     }
 }
 
@@ -45,7 +59,79 @@ fn decode(raw: &str, s: &str) -> Result<String> {
         })
 }
 
+/// `redis+sentinel://[[user]:password@]host:port[,host:port...]/master-name[/db]
+/// [?sentinel_password=..&client_name=..&db=..]`: the user and password are the master's.
+fn parse_sentinel(raw: &str, rest: &str) -> Result<RedisOptions> {
+    let mut opts = RedisOptions::default();
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (auth, hosts_and_path) = match main.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, main),
+    };
+    if let Some(a) = auth {
+        let (user, pass) = a.split_once(':').unwrap_or((a, ""));
+        if !user.is_empty() {
+            opts.username = Some(decode(raw, user)?);
+        }
+        if !pass.is_empty() {
+            opts.password = Some(decode(raw, pass)?);
+        }
+    }
+    let (hosts, path) = hosts_and_path
+        .split_once('/')
+        .ok_or_else(|| invalid(raw, "a sentinel URL needs the master name: redis+sentinel://host:port,host:port/master-name"))?;
+    let mut sentinels = Vec::new();
+    for h in hosts.split(',').filter(|h| !h.is_empty()) {
+        let (host, port) = match h.rsplit_once(':') {
+            Some((host, port)) => (
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port.parse::<u16>()
+                    .map_err(|_| invalid(raw, format!("invalid port in sentinel `{h}`")))?,
+            ),
+            None => (h, 26379),
+        };
+        if port == 0 || host.is_empty() {
+            return Err(invalid(raw, format!("invalid sentinel `{h}`")));
+        }
+        sentinels.push((host.to_owned(), port));
+    }
+    if sentinels.is_empty() {
+        return Err(invalid(raw, "no sentinels given"));
+    }
+    let mut parts = path.split('/');
+    let master_name = parts.next().unwrap_or_default().to_owned();
+    if master_name.is_empty() {
+        return Err(invalid(raw, "missing master name"));
+    }
+    if let Some(db) = parts.next().filter(|d| !d.is_empty()) {
+        opts.db = db
+            .parse()
+            .map_err(|_| invalid(raw, format!("database `{db}` is not a number")))?;
+    }
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "sentinel_password" => opts.sentinel_password = Some(v.into_owned()),
+            "client_name" | "name" => opts.client_name = Some(v.into_owned()),
+            "db" => {
+                opts.db = v
+                    .parse()
+                    .map_err(|_| invalid(raw, format!("database `{v}` is not a number")))?
+            }
+            other => return Err(invalid(raw, format!("unknown parameter `{other}`"))),
+        }
+    }
+    opts.endpoint = Endpoint::Sentinel {
+        sentinels,
+        master_name,
+    };
+    opts.validate()?;
+    Ok(opts)
+}
+
 pub(crate) fn parse(raw: &str) -> Result<RedisOptions> {
+    if let Some(rest) = raw.strip_prefix("redis+sentinel://") {
+        return parse_sentinel(raw, rest);
+    }
     let url = Url::parse(raw).map_err(|e| invalid(raw, e.to_string()))?;
     let mut opts = RedisOptions::default();
     let unix = match url.scheme() {
@@ -58,7 +144,7 @@ pub(crate) fn parse(raw: &str) -> Result<RedisOptions> {
         other => {
             return Err(invalid(
                 raw,
-                format!("unknown scheme `{other}`; use redis://, rediss:// or redis+unix://"),
+                format!("unknown scheme `{other}`; use redis://, rediss://, redis+unix:// or redis+sentinel://"),
             ))
         }
     };
@@ -180,6 +266,44 @@ mod tests {
             }
         );
         assert_eq!(o.db, 2);
+    }
+
+    #[test]
+    fn parses_sentinel_urls() {
+        let o = parse(
+            "redis+sentinel://:mpw@10.0.0.1:26379,10.0.0.2:26380/mymaster/2?sentinel_password=spw",
+        )
+        .expect("valid");
+        assert_eq!(
+            o.endpoint,
+            Endpoint::Sentinel {
+                sentinels: vec![("10.0.0.1".into(), 26379), ("10.0.0.2".into(), 26380)],
+                master_name: "mymaster".into()
+            }
+        );
+        assert_eq!(o.password.as_deref(), Some("mpw"));
+        assert_eq!(o.sentinel_password.as_deref(), Some("spw"));
+        assert_eq!(o.db, 2);
+        let o = parse("redis+sentinel://s1/m").expect("default port");
+        assert!(
+            matches!(o.endpoint, Endpoint::Sentinel { ref sentinels, .. } if sentinels[0].1 == 26379)
+        );
+        for bad in [
+            "redis+sentinel://s1:1",
+            "redis+sentinel:///m",
+            "redis+sentinel://s1:99999/m",
+            "redis+sentinel://s1:1/",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let err = parse("redis+sentinel://u:secret@s1:1")
+            .expect_err("no master")
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+        let err = parse("redis+sentinel://s1:1/m?sentinel_password=hush&bogus=1")
+            .expect_err("unknown parameter")
+            .to_string();
+        assert!(!err.contains("hush"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod certs;
 mod fake;
 pub mod node;
 mod proxy;
+mod sentinel;
 mod server;
 
 use std::future::Future;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use fake::{FakeBehaviour, FakeServer};
 pub use proxy::{FaultProxy, ProxyMode};
+pub use sentinel::{SentinelTopology, MASTER_NAME};
 pub use server::{
     encode, free_port, read_reply, redis_server_binary, RedisServer, RedisServerOptions,
 };
