@@ -3,6 +3,7 @@
 //! **Status: being built** (issue "bullpen-core and bullpen-producer").
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod error;
 pub mod events;
 pub mod job;
