@@ -114,7 +114,7 @@ async fn producer_worker_and_events_need_nothing_beyond_the_documented_list() {
     worker.close(Duration::from_secs(1)).await;
     // And the user really is limited: anything else is refused.
     let err = conn
-        .query::<Vec<String>>(&bullpen_conn::redis::cmd("KEYS").arg("*"))
+        .query::<Vec<String>>(bullpen_conn::redis::cmd("KEYS").arg("*"))
         .await
         .expect_err("KEYS is not on the list");
     assert_eq!(err.server_code(), Some("NOPERM"), "{err}");
