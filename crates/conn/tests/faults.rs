@@ -26,6 +26,7 @@ async fn assert_fails_fast(conn: &Connection, what: &str) -> Error {
         .await
         .expect_err(what);
     let took = t.elapsed();
+    println!("producer fail-fast ({what}): {took:?}");
     assert!(took <= PRODUCER_BOUND, "{what}: took {took:?}: {err}");
     assert!(
         matches!(
