@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod integration;
 mod interop;
 mod redis_install;
 mod test;
@@ -18,9 +19,10 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
+        Some("integration") => integration::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
-            println!("usage: cargo xtask <command>\n\ncommands:\n  test   everything CI runs (fmt, clippy, layering, tests)\n  demo   live connection lifecycle through a redis kill -9 and restart\n  bench  add throughput and memory per job, bullpen vs Node BullMQ (release build; --quick, --reps N)");
+            println!("usage: cargo xtask <command>\n\ncommands:\n  test   everything CI runs (fmt, clippy, layering, tests)\n  demo   a live job system with a kill -9 of Redis (--jobs N, --no-fault, --url URL)\n  integration  every topology (standalone, password, ACL, TLS, mTLS, unix, AOF+kill -9, Sentinel, eviction) with a ledger (--full)\n  bench  add throughput and memory per job, bullpen vs Node BullMQ (release build; --quick, --reps N)");
             Ok(())
         }
         Some(other) => bail!("unknown command `{other}`; try `cargo xtask help`"),

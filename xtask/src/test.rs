@@ -117,6 +117,16 @@ pub fn run(_args: &[String]) -> Result<()> {
     t.passed += passed;
     t.failed += failed;
 
+    // The fast tier of the integration matrix: every topology with a ledger.
+    println!("==> cargo xtask integration (fast tier)");
+    let exe = std::env::current_exe().context("locating xtask")?;
+    let ok = Command::new(&exe)
+        .arg("integration")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    t.gate("integration (fast tier)", ok);
+
     // Keeps the benchmark harness working (bullpen and Node side by side); asserts no speed.
     println!("==> cargo xtask bench --quick (smoke run; no speed is asserted)");
     let exe = std::env::current_exe().context("locating xtask")?;
