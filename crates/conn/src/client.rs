@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, ServerErrorKind, Value};
 use tokio::sync::{broadcast, mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
@@ -20,7 +19,7 @@ use crate::options::RedisOptions;
 #[derive(Clone)]
 pub(crate) struct Link {
     generation: u64,
-    conn: MultiplexedConnection,
+    conn: crate::raw::RawConn,
     server: Option<Arc<ServerInfo>>,
 }
 
@@ -374,13 +373,17 @@ impl Connection {
         let t = Instant::now();
         self.ping().await?;
         let latency = t.elapsed();
-        let text: String = self.query(&redis::cmd("INFO")).await?;
+        let v: Value = self.query(&redis::cmd("INFO")).await?;
+        let text = crate::info::info_texts(&v)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         Ok(Health::new(self.state(), latency, ServerInfo::parse(&text)))
     }
 
     async fn run<'a, F, Fut>(&self, name: &str, send: F) -> Result<Value>
     where
-        F: Fn(MultiplexedConnection) -> Fut,
+        F: Fn(crate::raw::RawConn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<Value>> + 'a,
     {
         let opts = &self.shared.opts;
@@ -412,6 +415,36 @@ impl Connection {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            // A cluster in transition (slot migration, failover): wait and send again on the
+            // same link, with backoff, within the retry budget and the deadline.
+            if matches!(
+                err.kind(),
+                ErrorKind::Server(ServerErrorKind::TryAgain)
+                    | ErrorKind::Server(ServerErrorKind::ClusterDown)
+                    | ErrorKind::Server(ServerErrorKind::MasterDown)
+            ) {
+                if opts.max_retries_per_request.is_some_and(|m| retries >= m) {
+                    return Err(Error::MaxRetriesPerRequest {
+                        command: name.to_owned(),
+                        retries,
+                        last: Box::new(Error::Server {
+                            command: name.to_owned(),
+                            source: err,
+                        }),
+                    });
+                }
+                let wait = Duration::from_millis(50u64 << retries.min(4));
+                if deadline.is_some_and(|d| Instant::now() + wait > d) {
+                    return Err(Error::Server {
+                        command: name.to_owned(),
+                        source: err,
+                    });
+                }
+                retries += 1;
+                tracing::debug!(command = name, retries, error = %err, "cluster busy; sending again");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             let reconnect = is_connection_error(&err)
                 || (opts.reconnect_on_error.readonly
                     && err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly))

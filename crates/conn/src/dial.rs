@@ -17,7 +17,7 @@ use crate::options::{Endpoint, EvictionCheck, RedisOptions, MIN_REDIS_VERSION};
 
 /// A freshly made, checked connection.
 pub(crate) struct Dialed {
-    pub conn: MultiplexedConnection,
+    pub conn: crate::raw::RawConn,
     /// Ends when the socket closes.
     pub driver: JoinHandle<()>,
     /// `None` when `INFO` is not permitted for this user.
@@ -113,6 +113,7 @@ pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Resul
                 on_socket();
                 handshake(opts, stream).await
             }
+            Endpoint::Cluster { seeds } => dial_cluster(opts, seeds, on_socket).await,
             Endpoint::Sentinel {
                 sentinels,
                 master_name,
@@ -146,6 +147,45 @@ pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Resul
         check_server(opts, info)?;
     }
     Ok(dialed)
+}
+
+/// A cluster connection from the seed nodes. redis-rs routes every command to its slot's
+/// node and follows `MOVED`/`ASK`, retrying `TRYAGAIN`/`CLUSTERDOWN` with backoff; our own
+/// timeouts and reconnects stay in force on top of it.
+async fn dial_cluster(
+    opts: &RedisOptions,
+    seeds: &[(String, u16)],
+    on_socket: impl FnOnce(),
+) -> Result<Dialed> {
+    let nodes: Vec<String> = seeds
+        .iter()
+        .map(|(h, p)| format!("redis://{h}:{p}"))
+        .collect();
+    let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
+        .connection_timeout(opts.connect_timeout)
+        // Blocking commands wait on purpose: the watchdog and command timeouts are ours.
+        .response_timeout(Duration::from_secs(24 * 3600))
+        .retries(8);
+    if let Some(u) = &opts.username {
+        b = b.username(u);
+    }
+    if let Some(p) = &opts.password {
+        b = b.password(p);
+    }
+    let client = b.build().map_err(|e| classify(opts, Step::Auth, e))?;
+    let mut conn = client
+        .get_async_connection()
+        .await
+        .map_err(|e| classify(opts, Step::Auth, e))?;
+    on_socket();
+    let server = read_info(opts, &mut conn).await?;
+    // No driver to watch: losses surface as command errors, which kick the supervisor.
+    let driver = tokio::spawn(std::future::pending::<()>());
+    Ok(Dialed {
+        conn: crate::raw::RawConn::Cluster(conn),
+        driver,
+        server,
+    })
 }
 
 async fn dial_tcp(
@@ -232,7 +272,7 @@ where
     .await;
     match result {
         Ok(server) => Ok(Dialed {
-            conn,
+            conn: crate::raw::RawConn::Single(conn),
             driver,
             server,
         }),
@@ -245,10 +285,24 @@ where
 
 async fn read_info(
     opts: &RedisOptions,
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
 ) -> Result<Option<ServerInfo>> {
-    match redis::cmd("INFO").query_async::<String>(conn).await {
-        Ok(text) => Ok(Some(ServerInfo::parse(&text))),
+    match redis::cmd("INFO").query_async::<redis::Value>(conn).await {
+        Ok(v) => {
+            let infos: Vec<ServerInfo> = crate::info::info_texts(&v)
+                .iter()
+                .map(|t| ServerInfo::parse(t))
+                .collect();
+            // Every node must pass the checks: report the first that would fail, else the first.
+            for info in &infos {
+                check_server(opts, info)?;
+            }
+            let first = infos.into_iter().next().ok_or_else(|| Error::Protocol {
+                target: opts.redacted_target(),
+                detail: "INFO answered no text".into(),
+            })?;
+            Ok(Some(first))
+        }
         Err(e) if e.code() == Some("NOPERM") => {
             tracing::warn!(target_addr = %opts.redacted_target(), "INFO is not permitted for this user: cannot verify the server version or eviction policy");
             Ok(None)

@@ -97,6 +97,24 @@ impl ServerInfo {
     }
 }
 
+/// The `INFO` text(s) in a reply: one text from a single server, or one per node from a
+/// cluster connection (which sends `INFO` to every node and answers a map).
+pub(crate) fn info_texts(v: &redis::Value) -> Vec<String> {
+    fn text(v: &redis::Value) -> Option<String> {
+        match v {
+            redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => {
+                Some(s.clone())
+            }
+            _ => None,
+        }
+    }
+    match v {
+        redis::Value::Map(pairs) => pairs.iter().filter_map(|(_, t)| text(t)).collect(),
+        other => text(other).into_iter().collect(),
+    }
+}
+
 /// Parses `7.0.15` (or `7.2`) into a tuple.
 pub fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
     let mut it = v.trim().split('.').map(|p| {

@@ -42,6 +42,7 @@ mod health;
 mod info;
 mod options;
 mod pool;
+mod raw;
 mod sentinel;
 mod tls;
 mod url;

@@ -45,6 +45,11 @@ pub enum Endpoint {
         /// Path of the socket file.
         path: PathBuf,
     },
+    /// A Redis Cluster, found from these seed nodes; commands go to their slot's node.
+    Cluster {
+        /// Seed nodes.
+        seeds: Vec<(String, u16)>,
+    },
     /// The master that these sentinels monitor under `master_name`, found again after every
     /// reconnect (so a failover is followed).
     Sentinel {
@@ -68,6 +73,10 @@ impl fmt::Display for Endpoint {
                 let hosts: Vec<String> =
                     sentinels.iter().map(|(h, p)| format!("{h}:{p}")).collect();
                 write!(f, "{}/{master_name}", hosts.join(","))
+            }
+            Endpoint::Cluster { seeds } => {
+                let hosts: Vec<String> = seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                f.write_str(&hosts.join(","))
             }
         }
     }
@@ -385,6 +394,12 @@ impl RedisOptions {
         }
     }
 
+    /// Whether this is a Redis Cluster endpoint (every key of one queue must then share a
+    /// hash tag).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Cluster { .. })
+    }
+
     /// Sets the client name.
     pub fn with_client_name(mut self, name: impl Into<String>) -> Self {
         self.client_name = Some(name.into());
@@ -488,6 +503,20 @@ impl RedisOptions {
                     return bad("master_name", "must not be empty");
                 }
             }
+            Endpoint::Cluster { seeds } => {
+                if seeds.is_empty() || seeds.iter().any(|(h, p)| h.is_empty() || *p == 0) {
+                    return bad(
+                        "seeds",
+                        "at least one seed node with a host and a port is needed",
+                    );
+                }
+                if self.db != 0 {
+                    return bad("db", "Redis Cluster has only database 0");
+                }
+                if self.tls.is_some() {
+                    return bad("tls", "TLS to a cluster is not supported yet");
+                }
+            }
         }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be greater than zero");
@@ -531,6 +560,7 @@ impl RedisOptions {
         let scheme = match (&self.endpoint, &self.tls) {
             (Endpoint::Unix { .. }, _) => "redis+unix",
             (Endpoint::Sentinel { .. }, _) => "redis+sentinel",
+            (Endpoint::Cluster { .. }, _) => "redis+cluster",
             (_, Some(_)) => "rediss",
             _ => "redis",
         };

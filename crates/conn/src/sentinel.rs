@@ -93,7 +93,7 @@ pub(crate) async fn master_address(
 /// stale answer for a moment.
 pub(crate) async fn check_role(
     opts: &RedisOptions,
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
     host: &str,
     port: u16,
 ) -> Result<()> {

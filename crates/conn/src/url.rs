@@ -128,9 +128,56 @@ fn parse_sentinel(raw: &str, rest: &str) -> Result<RedisOptions> {
     Ok(opts)
 }
 
+/// `redis+cluster://[[user]:password@]host:port[,host:port...]` (seed nodes).
+fn parse_cluster(raw: &str, rest: &str) -> Result<RedisOptions> {
+    let mut opts = RedisOptions::default();
+    let main = rest
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let (auth, hosts) = match main.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, main),
+    };
+    if let Some(a) = auth {
+        let (user, pass) = a.split_once(':').unwrap_or((a, ""));
+        if !user.is_empty() {
+            opts.username = Some(decode(raw, user)?);
+        }
+        if !pass.is_empty() {
+            opts.password = Some(decode(raw, pass)?);
+        }
+    }
+    let mut seeds = Vec::new();
+    for h in hosts.split(',').filter(|h| !h.is_empty()) {
+        let (host, port) = h
+            .rsplit_once(':')
+            .ok_or_else(|| invalid(raw, format!("seed `{h}` needs a port")))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| invalid(raw, format!("invalid port in seed `{h}`")))?;
+        seeds.push((
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+        ));
+    }
+    if seeds.is_empty() {
+        return Err(invalid(raw, "no seed nodes given"));
+    }
+    opts.endpoint = Endpoint::Cluster { seeds };
+    opts.validate()?;
+    Ok(opts)
+}
+
 pub(crate) fn parse(raw: &str) -> Result<RedisOptions> {
     if let Some(rest) = raw.strip_prefix("redis+sentinel://") {
         return parse_sentinel(raw, rest);
+    }
+    if let Some(rest) = raw.strip_prefix("redis+cluster://") {
+        return parse_cluster(raw, rest);
     }
     let url = Url::parse(raw).map_err(|e| invalid(raw, e.to_string()))?;
     let mut opts = RedisOptions::default();
@@ -144,7 +191,7 @@ pub(crate) fn parse(raw: &str) -> Result<RedisOptions> {
         other => {
             return Err(invalid(
                 raw,
-                format!("unknown scheme `{other}`; use redis://, rediss://, redis+unix:// or redis+sentinel://"),
+                format!("unknown scheme `{other}`; use redis://, rediss://, redis+unix://, redis+sentinel:// or redis+cluster://"),
             ))
         }
     };

@@ -23,6 +23,14 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// On Redis Cluster every key of a queue must hash to one slot.
+    #[error("queue `{queue}` with prefix `{prefix}` would spread its keys over several Redis Cluster slots; put a hash tag in the prefix, e.g. `{{{prefix}}}`")]
+    CrossSlot {
+        /// The queue.
+        queue: String,
+        /// The prefix.
+        prefix: String,
+    },
     /// A value outside what the format can store.
     #[error("invalid `{field}`: {reason}")]
     Validation {

@@ -109,6 +109,19 @@ impl QueueKeys {
         format!("{}:{}:qe", self.prefix, base64(self.name.as_bytes()))
     }
 
+    /// Refuses a queue whose keys would span Cluster slots (no hash tag) when `opts` points
+    /// at a Redis Cluster. Our scripts build job keys inside Lua, so all of a queue's keys
+    /// must share one slot.
+    pub fn check_cluster(&self, opts: &bullpen_conn::RedisOptions) -> Result<()> {
+        if opts.is_cluster() && self.hash_tag().is_none() {
+            return Err(Error::CrossSlot {
+                queue: self.name.clone(),
+                prefix: self.prefix.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// The hash tag Redis Cluster would hash for these keys, if any (the text in the first
     /// `{...}`).
     pub fn hash_tag(&self) -> Option<&str> {

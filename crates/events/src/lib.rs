@@ -238,6 +238,7 @@ impl QueueEvents {
     /// `blocking()` preset: it waits through outages and resumes by itself).
     pub async fn new(redis: RedisOptions, queue: &str, opts: QueueEventsOptions) -> Result<Self> {
         let keys = QueueKeys::new(&opts.prefix, queue)?;
+        keys.check_cluster(&redis)?;
         let name = keys.queue_events_connection_name();
         let conn =
             BlockingConnection::connect(redis.with_command_timeout(None).with_client_name(name))
@@ -589,9 +590,11 @@ pub struct QueueEventsProducer {
 impl QueueEventsProducer {
     /// A publisher on `queue` sharing `conn`.
     pub fn new(conn: Connection, prefix: &str, queue: &str) -> Result<Self> {
+        let keys = QueueKeys::new(prefix, queue)?;
+        keys.check_cluster(conn.options())?;
         Ok(Self {
             conn,
-            keys: QueueKeys::new(prefix, queue)?,
+            keys,
             max_len: DEFAULT_CUSTOM_MAX_LEN,
         })
     }

@@ -170,6 +170,7 @@ impl Queue {
     #[instrument(skip_all, fields(queue = %name))]
     pub async fn new(conn: Connection, name: &str, opts: QueueOptions) -> Result<Self> {
         let keys = QueueKeys::new(&opts.prefix, name)?;
+        keys.check_cluster(conn.options())?;
         if opts.size_limit == 0 {
             return Err(bullpen_core::Error::Validation {
                 field: "size_limit",

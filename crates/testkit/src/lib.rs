@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod certs;
+mod cluster;
 mod fake;
 pub mod node;
 mod proxy;
@@ -29,6 +30,7 @@ mod server;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use cluster::ClusterTopology;
 pub use fake::{FakeBehaviour, FakeServer};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use sentinel::{SentinelTopology, MASTER_NAME};

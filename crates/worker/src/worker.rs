@@ -127,6 +127,7 @@ impl Worker {
         opts: WorkerOptions,
     ) -> Result<Self> {
         let keys = QueueKeys::new(&opts.prefix, queue)?;
+        keys.check_cluster(&redis)?;
         let name = keys.worker_connection_name(opts.name.as_deref());
         let conn = Connection::connect(redis.clone()).await?;
         let blocking =
