@@ -28,6 +28,7 @@ struct Args {
     jobs: usize,
     fault: bool,
     url: Option<String>,
+    dashboard: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -35,11 +36,13 @@ fn parse(args: &[String]) -> Result<Args> {
         jobs: 20_000,
         fault: true,
         url: None,
+        dashboard: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--no-fault" => a.fault = false,
+            "--dashboard" => a.dashboard = true,
             "--jobs" => {
                 a.jobs = it
                     .next()
@@ -51,7 +54,9 @@ fn parse(args: &[String]) -> Result<Args> {
                 }
             }
             "--url" => a.url = Some(it.next().context("--url needs a URL")?.clone()),
-            other => bail!("unknown demo option `{other}` (use --no-fault, --jobs N, --url URL)"),
+            other => bail!(
+                "unknown demo option `{other}` (use --no-fault, --jobs N, --url URL, --dashboard)"
+            ),
         }
     }
     Ok(a)
@@ -166,6 +171,18 @@ async fn demo(a: Args) -> Result<()> {
         QueueOptions::default().keep_everything(),
     )
     .await?;
+    // bull-board, the dashboard BullMQ users run, showing our Rust-processed jobs.
+    let dashboard = if a.dashboard {
+        let d = crate::dashboard::start(&url, &[queue])?;
+        println!(
+            "{} bull-board dashboard: {} (open it in a browser)",
+            stamp(t0),
+            d.url()
+        );
+        Some(d)
+    } else {
+        None
+    };
 
     // Connection lifecycle, printed during the fault act.
     let mut lifecycle = conn.events();
@@ -480,6 +497,11 @@ async fn demo(a: Args) -> Result<()> {
     if lost > 0 || twice > 0 {
         bail!("the ledger found {lost} lost and {twice} completed twice");
     }
+    if let Some(d) = &dashboard {
+        println!("dashboard still up at {}; press Ctrl-C to stop", d.url());
+        tokio::signal::ctrl_c().await?;
+    }
+    drop(dashboard);
     drop(server);
     Ok(())
 }

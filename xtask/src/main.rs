@@ -6,6 +6,7 @@
 //!   restart, shown live with the measured times.
 
 mod bench;
+mod dashboard;
 mod demo;
 mod integration;
 mod interop;
