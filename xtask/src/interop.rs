@@ -19,11 +19,14 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
-/// Installs the interop tests' npm packages (`npm ci`) when `node_modules/bullmq` is
-/// missing. Without `npm` it only warns: the Node tests then skip and say why.
+/// Installs the interop tests' npm packages (`npm ci`) when any of them is missing. Without `npm` it only warns: the Node tests then skip and say why.
 pub fn ensure_node_deps() -> Result<()> {
     let dir = interop_dir();
-    if dir.join("node_modules").join("bullmq").is_dir() {
+    let nm = dir.join("node_modules");
+    let installed = ["bullmq", "ioredis", "@bull-board/express", "playwright-core"]
+        .iter()
+        .all(|p| nm.join(p).is_dir());
+    if installed {
         return Ok(());
     }
     if !on_path("npm") {
