@@ -22,15 +22,9 @@ local jobId = ARGV[1]
 local token = ARGV[2]
 local jobKey = KEYS[9]
 
-if redis.call("EXISTS", jobKey) == 0 then
-  return -1
-end
-local lockCode = bp_check_lock(KEYS[10], token)
-if lockCode ~= 0 then
-  return lockCode
-end
-if not redis.call("LPOS", KEYS[1], jobId) then
-  return -3
+local code = bp_check_active(jobKey, KEYS[10], KEYS[1], jobId, token)
+if code ~= 0 then
+  return code
 end
 
 bp_release_lock(KEYS[10], KEYS[4], jobId, token)

@@ -37,15 +37,9 @@ local now = tonumber(ARGV[4])
 local delay = tonumber(ARGV[5]) or 0
 local jobKey = KEYS[10]
 
-if redis.call("EXISTS", jobKey) == 0 then
-  return -1
-end
-local lockCode = bp_check_lock(KEYS[11], token)
-if lockCode ~= 0 then
-  return lockCode
-end
-if not redis.call("LPOS", KEYS[1], jobId) then
-  return -3
+local code = bp_check_active(jobKey, KEYS[11], KEYS[1], jobId, token)
+if code ~= 0 then
+  return code
 end
 
 bp_release_lock(KEYS[11], KEYS[9], jobId, token)

@@ -319,3 +319,19 @@ local function bp_create_stored_job(k, prefix, dedupId, now, maxEvents)
     redis.call("XADD", k.events, "MAXLEN", "~", maxEvents, "*", "event", "waiting", "jobId", jobId)
   end
 end
+
+-- 0 when the job exists, `token` holds its lock and the job is in `active`; otherwise the
+-- refusal code (-1 no job, -2/-6 lock, -3 not active). Nothing is written.
+local function bp_check_active(jobKey, lockKey, activeKey, jobId, token)
+  if redis.call("EXISTS", jobKey) == 0 then
+    return -1
+  end
+  local lockCode = bp_check_lock(lockKey, token)
+  if lockCode ~= 0 then
+    return lockCode
+  end
+  if not redis.call("LPOS", activeKey, jobId) then
+    return -3
+  end
+  return 0
+end
