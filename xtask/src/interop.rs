@@ -23,9 +23,14 @@ fn on_path(program: &str) -> bool {
 pub fn ensure_node_deps() -> Result<()> {
     let dir = interop_dir();
     let nm = dir.join("node_modules");
-    let installed = ["bullmq", "ioredis", "@bull-board/express", "playwright-core"]
-        .iter()
-        .all(|p| nm.join(p).is_dir());
+    let installed = [
+        "bullmq",
+        "ioredis",
+        "@bull-board/express",
+        "playwright-core",
+    ]
+    .iter()
+    .all(|p| nm.join(p).is_dir());
     if installed {
         return Ok(());
     }

@@ -22,6 +22,7 @@ fn main() -> Result<()> {
         Some("demo") => demo::run(&args[1..]),
         Some("integration") => integration::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("bench-worker-peer") => bench::worker_peer(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!("usage: cargo xtask <command>\n\ncommands:\n  test   everything CI runs (fmt, clippy, layering, tests)\n  demo   a live job system with a kill -9 of Redis (--jobs N, --no-fault, --url URL)\n  integration  every topology (standalone, password, ACL, TLS, mTLS, unix, AOF+kill -9, Sentinel, eviction) with a ledger (--full)\n  bench  add throughput and memory per job, bullpen vs Node BullMQ (release build; --quick, --reps N)");
             Ok(())

@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: producer (add) workloads, bullpen and Node BullMQ side by side.
+//! `cargo xtask bench`: producer (add) and worker workloads, bullpen and Node BullMQ side by
+//! side.
 //!
 //! One private redis-server (no AOF, no RDB saves, latency tracking and slow log off: see
 //! [`quiet_server`]) serves both sides in one run. Every
@@ -18,6 +19,12 @@
 //! The throughput workloads first add a tenth of `n` the same way, untimed (warm-up: script
 //! cached on the server, JIT-compiled code in Node); only the `n` timed adds count. Node runs
 //! `tests/interop/bench_add.mjs`, which times only its adds.
+//!
+//! Then the worker workloads ([`worker`]): jobs/s of a no-op worker at concurrency 1, 16 and
+//! 128 on a queue pre-filled with 150,000 [5,000] jobs, keeping completed jobs and with
+//! `removeOnComplete: true`, with redis-server CPU per job and the worker process's peak RSS;
+//! and add-to-completed latency at 200 adds/s for 10 s [3 s]. `--only add|worker|latency`
+//! (repeatable) runs a part only.
 //!
 //! Results: medians and min–max per side, ratios bullpen/Node of the medians, a Markdown
 //! table for `docs/benchmarks.md`, and `target/bench.json` with every raw run. The bench
@@ -43,6 +50,11 @@ use serde_json::{json, Value};
 use crate::interop::ensure_node_deps;
 use crate::redis_install::ensure_redis;
 
+mod worker;
+mod worker_report;
+
+pub use worker::worker_peer;
+
 /// Set in the environment of the release re-run, so that it never re-runs itself again.
 const CHILD_ENV: &str = "BULLPEN_BENCH_RELEASE_CHILD";
 /// Adds kept in flight by `add_concurrent`.
@@ -62,20 +74,73 @@ const JOB_NAME: &str = "bench";
 /// The label of the peer in the output.
 const NODE_LABEL: &str = "Node BullMQ";
 
+/// A part of the bench that `--only` can pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Add,
+    Worker,
+    Latency,
+}
+
+impl Part {
+    fn key(self) -> &'static str {
+        match self {
+            Part::Add => "add",
+            Part::Worker => "worker",
+            Part::Latency => "latency",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Part> {
+        match text {
+            "add" => Ok(Part::Add),
+            "worker" => Ok(Part::Worker),
+            "latency" => Ok(Part::Latency),
+            other => bail!("--only takes add, worker or latency, got `{other}`"),
+        }
+    }
+}
+
 /// Parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Config {
     quick: bool,
     reps: u32,
+    /// The parts to run; empty runs all of them.
+    only: Vec<Part>,
 }
+
+impl Config {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--reps N] [--only add|worker|latency]...";
 
 fn parse_args(args: &[String]) -> Result<Config> {
     let mut cfg = Config {
         quick: false,
         reps: DEFAULT_REPS,
+        only: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
+        let only = match arg.as_str() {
+            "--only" => Some(
+                it.next()
+                    .ok_or_else(|| anyhow!("--only needs add, worker or latency"))?
+                    .as_str(),
+            ),
+            other => other.strip_prefix("--only="),
+        };
+        if let Some(part) = only {
+            let part = Part::parse(part)?;
+            if !cfg.only.contains(&part) {
+                cfg.only.push(part);
+            }
+            continue;
+        }
         let reps_text = match arg.as_str() {
             "--quick" => {
                 cfg.quick = true;
@@ -87,9 +152,7 @@ fn parse_args(args: &[String]) -> Result<Config> {
                 .as_str(),
             other => match other.strip_prefix("--reps=") {
                 Some(v) => v,
-                None => bail!(
-                    "unknown argument `{other}`; usage: cargo xtask bench [--quick] [--reps N]"
-                ),
+                None => bail!("unknown argument `{other}`; {USAGE}"),
             },
         };
         let reps: u32 = reps_text
@@ -331,6 +394,19 @@ fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// The `p`-th percentile (0 < `p` ≤ 100) of `values` by the nearest-rank method: the
+/// smallest value with at least `p`% of the values at or below it (`p` = 100 is the
+/// maximum). `None` when empty, when a value is not finite, or when `p` is out of range.
+fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() || values.iter().any(|v| !v.is_finite()) || !(p > 0.0 && p <= 100.0) {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
 /// `(min, max)` of `values`; `None` when empty or when a value is not finite.
 fn spread(values: &[f64]) -> Option<(f64, f64)> {
     if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
@@ -479,7 +555,9 @@ async fn bench(cfg: Config, args: &[String]) -> Result<()> {
         Some(why) => println!(
             "==> {NODE_LABEL} cannot run here: {why}\n==> measuring bullpen only; no ratios in this run"
         ),
-        None => println!("==> {NODE_LABEL} {BULLMQ_VERSION} ready (tests/interop/bench_add.mjs)"),
+        None => println!(
+            "==> {NODE_LABEL} {BULLMQ_VERSION} ready (tests/interop/bench_add.mjs, bench_worker.mjs)"
+        ),
     }
     let server_config = quiet_server(&server);
     let mut machine = machine_info(&server);
@@ -504,7 +582,12 @@ async fn bench(cfg: Config, args: &[String]) -> Result<()> {
         counter: 0,
     };
     let mut runs: Vec<RunRecord> = Vec::new();
-    for w in Workload::ALL {
+    let add_workloads: &[Workload] = if cfg.runs(Part::Add) {
+        &Workload::ALL
+    } else {
+        &[]
+    };
+    for &w in add_workloads {
         println!(
             "==> {} (n = {}, {} reps per side)",
             w.key(),
@@ -536,16 +619,83 @@ async fn bench(cfg: Config, args: &[String]) -> Result<()> {
         }
     }
 
+    let worker_runs = if cfg.runs(Part::Worker) {
+        worker::run_throughput(&mut b, cfg.reps).await?
+    } else {
+        Vec::new()
+    };
+    let latency_runs = if cfg.runs(Part::Latency) {
+        worker::run_latency(&mut b, cfg.reps).await?
+    } else {
+        Vec::new()
+    };
+
     let summary = summarise(&runs);
-    print_summary(&summary, node_skip.as_deref());
-    let table = markdown_table(&summary, b.node);
-    println!("\nMarkdown table for docs/benchmarks.md:\n\n{table}");
+    if !summary.is_empty() {
+        print_summary(&summary, node_skip.as_deref());
+    }
+    let worker_summary = worker_report::summarise_workers(&worker_runs);
+    let latency_summary = worker_report::summarise_latency(&latency_runs);
+    if !summary.is_empty() {
+        let table = markdown_table(&summary, b.node);
+        println!("\nMarkdown table for docs/benchmarks.md:\n\n{table}");
+    }
+    if !worker_summary.is_empty() {
+        println!(
+            "\nWorker tables for docs/benchmarks.md:\n\n{}",
+            worker_report::worker_tables(&worker_summary, b.node)
+        );
+        println!("Where redis-server's time went (medians per job):\n");
+        for s in &worker_summary {
+            print!("{}", worker_report::server_lines(s));
+        }
+        println!("\nINFO commandstats per job (all reps of a side summed):\n");
+        for s in &worker_summary {
+            println!(
+                "{}",
+                worker_report::commandstats_table(
+                    &format!("`{}`", s.workload.key()),
+                    &s.bullpen.commands_per_job,
+                    &s.node.commands_per_job
+                )
+            );
+        }
+    }
+    if let Some(l) = &latency_summary {
+        println!(
+            "Latency table for docs/benchmarks.md:\n\n{}",
+            worker_report::latency_table(l, b.node)
+        );
+        println!(
+            "{}",
+            worker_report::commandstats_table(
+                "latency (the adds included)",
+                &l.bullpen.commands_per_job,
+                &l.node.commands_per_job
+            )
+        );
+    }
+    let targets = worker_report::targets(&worker_summary, latency_summary.as_ref());
+    if !targets.is_empty() {
+        println!("==> targets (medians; bullpen / Node unless a unit is given)");
+        for (what, value, met) in &targets {
+            println!(
+                "    {:<14} {what}: {}",
+                match met {
+                    Some(true) => "met",
+                    Some(false) => "NOT met",
+                    None => "not measured",
+                },
+                value.map_or("-".to_owned(), |v| format!("{v:.2}"))
+            );
+        }
+    }
 
     let command = std::iter::once("cargo xtask bench".to_owned())
         .chain(args.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
-    let report = report_json(
+    let mut report = report_json(
         &summary,
         &runs,
         machine,
@@ -553,6 +703,26 @@ async fn bench(cfg: Config, args: &[String]) -> Result<()> {
         &cfg,
         node_skip.as_deref(),
     );
+    let parts = worker_report::report_parts(&worker_summary, latency_summary.as_ref());
+    for (field, extra) in [
+        ("ratios", parts.ratios),
+        ("bullpen", parts.bullpen),
+        ("node", parts.node),
+        ("workloads", parts.details),
+    ] {
+        if let Some(obj) = report[field].as_object_mut() {
+            obj.extend(extra);
+        }
+    }
+    report["worker"] = worker::config_json(cfg.quick);
+    report["only"] = cfg.only.iter().map(|p| p.key()).collect();
+    report["targets"] = targets
+        .iter()
+        .map(|(what, value, met)| json!({"target": what, "value": value, "met": met}))
+        .collect();
+    if let Some(all) = report["runs"].as_array_mut() {
+        all.extend(worker_report::runs_json(&worker_runs, &latency_runs));
+    }
     let path = workspace_root().join("target").join("bench.json");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -562,7 +732,7 @@ async fn bench(cfg: Config, args: &[String]) -> Result<()> {
     println!(
         "==> wrote {} ({} runs in {:.1} s)",
         path.display(),
-        runs.len(),
+        runs.len() + worker_runs.len() + latency_runs.len(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -1063,6 +1233,31 @@ mod tests {
     }
 
     #[test]
+    fn percentiles_by_nearest_rank() {
+        let ramp: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&ramp, 50.0), Some(50.0));
+        assert_eq!(percentile(&ramp, 99.0), Some(99.0));
+        assert_eq!(percentile(&ramp, 100.0), Some(100.0));
+        assert_eq!(percentile(&ramp, 0.5), Some(1.0));
+        // 2,000 samples: p99 is the 1,980th smallest, so the 20 largest are above it.
+        let mut big: Vec<f64> = (1..=2_000).map(f64::from).collect();
+        big.reverse();
+        assert_eq!(percentile(&big, 99.0), Some(1_980.0));
+        assert_eq!(percentile(&big, 50.0), Some(1_000.0));
+        // Small samples and ties.
+        assert_eq!(percentile(&[5.0], 99.0), Some(5.0));
+        assert_eq!(percentile(&[3.0, 1.0], 50.0), Some(1.0));
+        assert_eq!(percentile(&[3.0, 1.0], 51.0), Some(3.0));
+        assert_eq!(percentile(&[2.0, 2.0, 2.0, 9.0], 75.0), Some(2.0));
+        // Nothing to rank, or a nonsense p.
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[1.0, f64::NAN], 50.0), None);
+        assert_eq!(percentile(&ramp, 0.0), None);
+        assert_eq!(percentile(&ramp, 100.5), None);
+        assert_eq!(percentile(&ramp, f64::NAN), None);
+    }
+
+    #[test]
     fn spread_is_min_and_max() {
         assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((1.0, 3.0)));
         assert_eq!(spread(&[-2.0]), Some((-2.0, -2.0)));
@@ -1152,7 +1347,10 @@ mod tests {
 
     #[test]
     fn queue_names_have_one_length() {
-        let most = u64::from(MAX_REPS) * 2 * Workload::ALL.len() as u64;
+        // Add, worker and latency runs, both sides.
+        let most = u64::from(MAX_REPS)
+            * 2
+            * (Workload::ALL.len() + worker::WorkerWorkload::all().len() + 1) as u64;
         assert_eq!(queue_name(1), "bench0001");
         assert_eq!(queue_name(most).len(), queue_name(1).len());
     }
@@ -1179,14 +1377,16 @@ mod tests {
             parse_args(&[]).expect("no args"),
             Config {
                 quick: false,
-                reps: 3
+                reps: 3,
+                only: vec![]
             }
         );
         assert_eq!(
             parse_args(&args(&["--quick", "--reps", "5"])).expect("quick, 5"),
             Config {
                 quick: true,
-                reps: 5
+                reps: 5,
+                only: vec![]
             }
         );
         assert_eq!(parse_args(&args(&["--reps=7"])).expect("7").reps, 7);
@@ -1194,6 +1394,19 @@ mod tests {
         assert!(parse_args(&args(&["--reps", "2"])).is_err());
         assert!(parse_args(&args(&["--reps", "x"])).is_err());
         assert!(parse_args(&args(&["--fast"])).is_err());
+        let cfg = parse_args(&args(&[
+            "--only",
+            "worker",
+            "--only=latency",
+            "--only",
+            "worker",
+        ]))
+        .expect("only");
+        assert_eq!(cfg.only, vec![Part::Worker, Part::Latency]);
+        assert!(cfg.runs(Part::Worker) && cfg.runs(Part::Latency) && !cfg.runs(Part::Add));
+        assert!(parse_args(&[]).expect("all").runs(Part::Add));
+        assert!(parse_args(&args(&["--only"])).is_err());
+        assert!(parse_args(&args(&["--only", "adds"])).is_err());
     }
 
     #[test]
