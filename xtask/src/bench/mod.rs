@@ -562,6 +562,11 @@ async fn bench(cfg: Config, args: &[String]) -> Result<()> {
     let server_config = quiet_server(&server);
     let mut machine = machine_info(&server);
     machine["redis_config"] = server_config;
+    machine["calibration"] = calibrate(&server, cfg.quick);
+    println!(
+        "==> calibration: redis-benchmark, 20 clients, an add-like script: {} ops/s (the server's ceiling here, for comparing tables across machines)",
+        machine["calibration"]["add_like_script_ops_per_sec"]
+    );
     println!(
         "==> redis-server {} at {url} (pid {}), {} CPUs, {}",
         machine["redis_version"].as_str().unwrap_or("?"),
@@ -1190,6 +1195,56 @@ fn first_line_with(path: &str, prefix: &str) -> Option<String> {
     })
 }
 
+/// A Lua script shaped like an add (counter, job hash, wait list, event), run by
+/// `redis-benchmark` to record what this server can do at most, so that a table made on
+/// another machine can be compared. It never fails the bench.
+const CALIBRATION_SCRIPT: &str = "local id = redis.call('INCR', KEYS[1]) \
+    redis.call('HSET', KEYS[1] .. '-' .. id, 'name', 'bench', 'data', ARGV[1], 'opts', '{}', 'timestamp', '0', 'delay', '0', 'priority', '0') \
+    redis.call('LPUSH', KEYS[1] .. '-wait', id) \
+    redis.call('XADD', KEYS[1] .. '-events', 'MAXLEN', '~', '10000', '*', 'event', 'added', 'jobId', id) \
+    return id";
+
+/// Parses the ops/s out of `redis-benchmark -q` output (the last line that has them).
+fn parse_benchmark_ops(text: &str) -> Option<f64> {
+    text.split(['\r', '\n'])
+        .rfind(|l| l.contains("requests per second"))?
+        .split("requests per second")
+        .next()?
+        .rsplit(':')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn calibrate(server: &RedisServer, quick: bool) -> Value {
+    let n = if quick { 20_000 } else { 100_000 };
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port().to_string(),
+            "-n",
+            &n.to_string(),
+            "-c",
+            "20",
+            "-q",
+        ])
+        .args(["EVAL", CALIBRATION_SCRIPT, "1", "calibration", r#"{"n":1}"#])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => json!({
+            "tool": "redis-benchmark",
+            "clients": 20,
+            "requests": n,
+            "add_like_script_ops_per_sec": parse_benchmark_ops(&String::from_utf8_lossy(&o.stdout)),
+        }),
+        Ok(o) => json!({"unavailable": String::from_utf8_lossy(&o.stderr).trim().to_owned()}),
+        Err(e) => json!({"unavailable": format!("redis-benchmark: {e}")}),
+    }
+}
+
 fn machine_info(server: &RedisServer) -> Value {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let node_version = Command::new("node")
@@ -1209,6 +1264,18 @@ fn machine_info(server: &RedisServer) -> Value {
         "bullpen_version": env!("CARGO_PKG_VERSION"),
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
     })
+}
+
+#[cfg(test)]
+mod calibration_tests {
+    use super::parse_benchmark_ops;
+
+    #[test]
+    fn reads_the_final_rate_line() {
+        let out = "EVAL local id: rps=0.0 (overall: 0.0) avg_msec=nan\rEVAL local id = redis.call('INCR'): 31182.79 requests per second, p50=0.551 msec\n";
+        assert_eq!(parse_benchmark_ops(out), Some(31182.79));
+        assert_eq!(parse_benchmark_ops("nothing"), None);
+    }
 }
 
 #[cfg(test)]
