@@ -43,32 +43,12 @@ local function paused_or_maxed()
   return pausedOrMaxed
 end
 
--- Marker "1" carries the due time of the earliest delayed job.
-local function mark_earliest_delayed()
-  local head = redis.call("ZRANGE", KEYS[4], 0, 0, "WITHSCORES")
-  if head[2] then
-    redis.call("ZADD", KEYS[7], tonumber(head[2]) / 4096, "1")
-  end
-end
-
--- Delayed score: due * 4096 plus a sequence that keeps insertion order within one ms.
-local function delayed_score(due)
-  local low = due * 4096
-  local last = redis.call("ZREVRANGEBYSCORE", KEYS[4], low + 4095, low, "WITHSCORES", "LIMIT", 0, 1)
-  if last[2] then
-    local seq = tonumber(last[2]) - low + 1
-    if seq > 4095 then seq = 4095 end
-    return low + seq
-  end
-  return low
-end
-
 local function place(jobId, ts, delay, priority, lifo)
   if delay > 0 then
     local due = ts + delay
-    redis.call("ZADD", KEYS[4], delayed_score(due), jobId)
+    redis.call("ZADD", KEYS[4], bp_delayed_score(KEYS[4], due), jobId)
     emit_trimmed("event", "delayed", "jobId", jobId, "delay", due)
-    mark_earliest_delayed()
+    bp_mark_earliest_delayed(KEYS[4], KEYS[7])
   elseif priority > 0 then
     local seq = redis.call("INCR", KEYS[6]) % 4294967296
     redis.call("ZADD", KEYS[5], priority * 4294967296 + seq, jobId)
@@ -149,10 +129,10 @@ local function deduplicate(newId, dedupId, ttl, flags, g)
     local ts = tonumber(ARGV[g + 4])
     local delay = tonumber(ARGV[g + 5])
     local due = ts + delay
-    redis.call("ZADD", KEYS[4], delayed_score(due), owner)
+    redis.call("ZADD", KEYS[4], bp_delayed_score(KEYS[4], due), owner)
     redis.call("HSET", prefix .. owner, "delay", delay)
     emit_trimmed("event", "delayed", "jobId", owner, "delay", due)
-    mark_earliest_delayed()
+    bp_mark_earliest_delayed(KEYS[4], KEYS[7])
   end
   return owner
 end

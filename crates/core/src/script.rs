@@ -92,7 +92,7 @@ macro_rules! script_with_lib {
     };
 }
 
-script!(ADD_JOB, "add_job");
+script_with_lib!(ADD_JOB, "add_job");
 script_with_lib!(DRAIN, "drain");
 script_with_lib!(CLEAN, "clean");
 script_with_lib!(OBLITERATE, "obliterate");

@@ -3,16 +3,20 @@
 //! Rust worker share one queue under a ledger, and each recovers the other's stalled jobs.
 //! Each test skips, saying why, when Node or the npm packages are missing; CI installs them.
 
+mod common;
+
+use common::{redis_opts, test_opts};
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bullpen_conn::{redis, Connection, RedisOptions, RetryStrategy};
+use bullpen_conn::{redis, Connection, RedisOptions};
 use bullpen_core::job::Job;
 use bullpen_producer::{BulkJob, JobOptions, JobState, Queue, QueueOptions};
 use bullpen_testkit::node::{node_ready, run_node, spawn_node, wait_node};
 use bullpen_testkit::{eventually, RedisServer};
-use bullpen_worker::{from_fn, JobError, Worker, WorkerEvent, WorkerOptions};
+use bullpen_worker::{from_fn, JobError, Worker, WorkerEvent};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
@@ -23,25 +27,6 @@ macro_rules! require_node {
             return;
         }
     };
-}
-
-fn redis_opts(url: &str) -> RedisOptions {
-    RedisOptions::from_url(url)
-        .expect("url")
-        .worker()
-        .with_retry_strategy(RetryStrategy::exponential(
-            Duration::from_millis(50),
-            Duration::from_millis(50),
-            Duration::from_millis(500),
-        ))
-}
-
-/// The reliability plan's test timing profile.
-fn test_opts() -> bullpen_worker::WorkerOptionsBuilder {
-    WorkerOptions::builder()
-        .lock_duration(Duration::from_secs(4))
-        .stalled_interval(Duration::from_secs(1))
-        .drain_delay(Duration::from_millis(500))
 }
 
 async fn queue(server: &RedisServer, name: &str) -> Queue {

@@ -1,48 +1,20 @@
 //! The worker against a real redis-server, with jobs added by our Queue.
 
+mod common;
+
+use common::{queue, redis_opts, test_opts};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bullpen_conn::{redis, Connection, RedisOptions, RetryStrategy};
+use bullpen_conn::redis;
 use bullpen_core::job::Job;
-use bullpen_producer::{Backoff, JobOptions, JobState, KeepJobs, Queue, QueueOptions};
+use bullpen_producer::{Backoff, JobOptions, JobState, KeepJobs, Queue};
 use bullpen_testkit::{eventually, RedisServer};
-use bullpen_worker::{from_fn, JobError, Worker, WorkerEvent, WorkerOptions};
+use bullpen_worker::{from_fn, JobError, Worker, WorkerEvent};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
-
-fn redis_opts(url: &str) -> RedisOptions {
-    RedisOptions::from_url(url)
-        .expect("url")
-        .worker()
-        .with_retry_strategy(RetryStrategy::exponential(
-            Duration::from_millis(50),
-            Duration::from_millis(50),
-            Duration::from_millis(500),
-        ))
-}
-
-/// The reliability plan's test timing profile.
-fn test_opts() -> bullpen_worker::WorkerOptionsBuilder {
-    WorkerOptions::builder()
-        .lock_duration(Duration::from_secs(4))
-        .stalled_interval(Duration::from_secs(1))
-        .drain_delay(Duration::from_millis(500))
-}
-
-async fn queue(server: &RedisServer, name: &str) -> Queue {
-    let conn = Connection::connect(
-        RedisOptions::from_url(&server.url())
-            .expect("url")
-            .producer(),
-    )
-    .await
-    .expect("connect");
-    Queue::new(conn, name, QueueOptions::default().keep_everything())
-        .await
-        .expect("queue")
-}
 
 fn o() -> JobOptions {
     JobOptions::default()
