@@ -10,6 +10,13 @@
 //! completed and 10,000 failed jobs ([`DEFAULT_KEEP_COMPLETED`], [`DEFAULT_KEEP_FAILED`]).
 //! Without it, `completed` and `failed` grow until Redis runs out of memory.
 //!
+//! Concurrent adds on one queue share script calls when they would otherwise queue behind
+//! each other on the connection (at most two add calls of a queue are in flight; adds that
+//! arrive meanwhile go together in the next one, each with its own options, events and
+//! outcome). A lone add is sent at once, never held back on a timer. An add whose caller gives
+//! up before it was sent is never added, and with a producer-preset connection no add waits
+//! longer than the connection's request deadline.
+//!
 //! ```no_run
 //! use bullpen_conn::{Connection, RedisOptions};
 //! use bullpen_producer::{JobOptions, Queue, QueueOptions};
@@ -23,6 +30,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod coalesce;
 mod error;
 mod queue;
 

@@ -1,7 +1,8 @@
 //! The `Queue`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bullpen_conn::redis;
 use bullpen_conn::Connection;
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::instrument;
 
+use crate::coalesce::{Coalescer, Route};
 use crate::error::{Error, Result};
 
 /// Completed jobs a worker keeps by default (newest first): `removeOnComplete: 1000`.
@@ -128,6 +130,7 @@ pub struct Queue {
     conn: Connection,
     keys: QueueKeys,
     opts: QueueOptions,
+    coalescer: Arc<Coalescer>,
 }
 
 fn now_ms() -> u64 {
@@ -138,8 +141,15 @@ fn now_ms() -> u64 {
 }
 
 /// Fields prepared for one job of the add script.
-struct Prepared {
+pub(crate) struct Prepared {
     args: [String; 11],
+}
+
+impl Prepared {
+    /// Bytes of serialised data.
+    pub(crate) fn data_len(&self) -> usize {
+        self.args[2].len()
+    }
 }
 
 fn merge_defaults(defaults: &JobOptions, mut opts: JobOptions) -> JobOptions {
@@ -189,7 +199,12 @@ impl Queue {
                     .arg(META_VERSION),
             )
             .await?;
-        Ok(Self { conn, keys, opts })
+        Ok(Self {
+            conn,
+            keys,
+            opts,
+            coalescer: Arc::default(),
+        })
     }
 
     /// The queue's keys.
@@ -290,7 +305,11 @@ impl Queue {
         .collect()
     }
 
-    async fn run_add(&self, prepared: Vec<Prepared>) -> Result<Vec<AddOutcome>> {
+    pub(crate) fn coalescer(&self) -> &Arc<Coalescer> {
+        &self.coalescer
+    }
+
+    pub(crate) async fn run_add(&self, prepared: Vec<Prepared>) -> Result<Vec<AddOutcome>> {
         let n = prepared.len();
         let mut args: Vec<String> = Vec::with_capacity(3 + n * 11);
         args.push(self.keys.base().to_owned());
@@ -334,6 +353,10 @@ impl Queue {
     /// id that already exists adds nothing and returns the existing id with
     /// [`AddStatus::Duplicated`]; a deduplication hit returns the owner's id with
     /// [`AddStatus::Deduplicated`]. Invalid input is refused before anything is written.
+    ///
+    /// Adds made concurrently on one queue (from clones of it, or from many tasks) share
+    /// script calls when they would otherwise queue behind each other: each keeps its own
+    /// options, events and outcome, and a lone add goes out at once. See the crate docs.
     #[instrument(skip_all, fields(queue = %self.keys.name(), job.name = %name))]
     pub async fn add<T: Serialize>(
         &self,
@@ -341,16 +364,33 @@ impl Queue {
         data: &T,
         opts: JobOptions,
     ) -> Result<AddOutcome> {
+        let called = Instant::now();
         let now = now_ms();
         let p = self.prepare(name, data, opts, now)?;
-        let mut out = self.run_add(vec![p]).await?;
-        out.pop().ok_or_else(|| {
-            bullpen_core::Error::ScriptReply {
-                script: ADD_JOB.name(),
-                reason: "empty reply".into(),
+        match Coalescer::route(self, p) {
+            Route::Now(now) => {
+                let (flight, p) = *now;
+                let out = self.run_add(vec![p]).await;
+                drop(flight);
+                out?.pop().ok_or_else(|| {
+                    bullpen_core::Error::ScriptReply {
+                        script: ADD_JOB.name(),
+                        reason: "empty reply".into(),
+                    }
+                    .into()
+                })
             }
-            .into()
-        })
+            Route::Later(waiting, rx) => {
+                let deadline = self
+                    .conn
+                    .options()
+                    .request_deadline
+                    .map(|d| (called + d, d));
+                waiting
+                    .wait(rx, deadline, || self.conn.options().redacted_target())
+                    .await
+            }
+        }
     }
 
     /// Adds many jobs in one script call: all of them or none (atomic per call), in one round
