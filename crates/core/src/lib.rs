@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod coalesce;
 pub mod error;
 pub mod events;
 pub mod job;

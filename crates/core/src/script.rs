@@ -109,6 +109,7 @@ script!(ADD_LOG, "add_log");
 script!(UPDATE_DATA, "update_data");
 script_with_lib!(MOVE_TO_ACTIVE, "move_to_active");
 script_with_lib!(MOVE_TO_FINISHED, "move_to_finished");
+script_with_lib!(COMPLETE_MANY, "complete_many");
 script_with_lib!(RETRY_JOB, "retry_job");
 script_with_lib!(MOVE_TO_WAIT_FRONT, "move_to_wait_front");
 script!(EXTEND_LOCKS, "extend_locks");

@@ -14,8 +14,8 @@ use tracing::instrument;
 
 use crate::error::{Error, RefusalCode};
 use crate::script::{
-    Script, EXTEND_LOCKS, MOVE_STALLED_JOBS_TO_WAIT, MOVE_TO_ACTIVE, MOVE_TO_FINISHED,
-    MOVE_TO_WAIT_FRONT, RETRY_JOB,
+    Script, COMPLETE_MANY, EXTEND_LOCKS, MOVE_STALLED_JOBS_TO_WAIT, MOVE_TO_ACTIVE,
+    MOVE_TO_FINISHED, MOVE_TO_WAIT_FRONT, RETRY_JOB,
 };
 use crate::{score, QueueKeys, Result};
 
@@ -94,6 +94,29 @@ impl FetchOptions {
         args.push(self.worker_name.clone().unwrap_or_default());
         args.extend(tokens.iter().cloned());
     }
+}
+
+/// One job for [`complete_many`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The job id.
+    pub job_id: String,
+    /// The run's lock token.
+    pub token: String,
+    /// The return value as JSON text.
+    pub return_value_json: String,
+    /// The job's retention.
+    pub keep: KeepJobs,
+}
+
+/// What [`complete_many`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompletedMany {
+    /// Per job, in the order given: `Ok(())` when completed, else why it was refused (the
+    /// job was left untouched).
+    pub outcomes: Vec<std::result::Result<(), RefusalCode>>,
+    /// The jobs fetched next (empty when no fetch was asked).
+    pub fetched: Fetched,
 }
 
 /// One activated job.
@@ -294,6 +317,76 @@ fn parse_fetched(script: &Script, items: &[Value]) -> Result<Fetched> {
         rate_limit_ttl_ms: u64::try_from(ttl).unwrap_or(0),
         next_due_ms,
         paused_or_maxed: paused != 0,
+    })
+}
+
+/// Completes several active jobs in one script call, then fetches up to `tokens.len()` next
+/// jobs when `fetch_next` is given: per job exactly what [`move_to_finished`] does for a
+/// completion, with the per-call work (meta, the events trim, retention passes, the fetch)
+/// done once. A refused job is reported in [`CompletedMany::outcomes`] and left untouched;
+/// it does not stop the others.
+#[instrument(skip_all, fields(queue = %keys.name(), jobs = jobs.len()))]
+pub async fn complete_many(
+    conn: &Connection,
+    keys: &QueueKeys,
+    jobs: &[Completion],
+    now_ms: u64,
+    fetch_next: Option<(&[String], &FetchOptions)>,
+) -> Result<CompletedMany> {
+    if let Some((_, opts)) = fetch_next {
+        opts.validate()?;
+    }
+    if jobs.is_empty() && fetch_next.is_none() {
+        return Ok(CompletedMany::default());
+    }
+    let mut k = fetch_keys(keys);
+    k.extend([keys.key("stalled"), keys.key("completed"), keys.key("id")]);
+    let mut args = Vec::with_capacity(10 + jobs.len() * 6 + fetch_next.map_or(0, |f| f.0.len()));
+    args.push(keys.base().to_owned());
+    args.push(DEFAULT_MAX_LEN_EVENTS.to_string());
+    args.push(jobs.len().to_string());
+    for j in jobs {
+        args.push(j.job_id.clone());
+        args.push(j.token.clone());
+        args.push(j.return_value_json.clone());
+        args.push(j.keep.count.max(-1).to_string());
+        args.push(j.keep.age_secs.map(|a| a.to_string()).unwrap_or_default());
+        args.push(j.keep.limit.unwrap_or(DEFAULT_KEEP_LIMIT).to_string());
+    }
+    match fetch_next {
+        Some((tokens, opts)) => {
+            args.push("1".into());
+            opts.push_args(&mut args, now_ms, tokens);
+        }
+        None => {
+            args.push("0".into());
+            FetchOptions::new(1).push_args(&mut args, now_ms, &[]);
+        }
+    }
+    let reply: Value = COMPLETE_MANY.run(conn, &k, &args).await?;
+    let Value::Array(parts) = reply else {
+        return Err(bad_reply(&COMPLETE_MANY, "expected an array"));
+    };
+    let [Value::Array(codes), Value::Array(fetch)] = parts.as_slice() else {
+        return Err(bad_reply(&COMPLETE_MANY, "expected {codes, fetch reply}"));
+    };
+    if codes.len() != jobs.len() {
+        return Err(bad_reply(
+            &COMPLETE_MANY,
+            format!("expected {} codes, got {}", jobs.len(), codes.len()),
+        ));
+    }
+    let outcomes = codes
+        .iter()
+        .map(|c| match as_int(c) {
+            Some(0) => Ok(Ok(())),
+            Some(code) => Ok(Err(RefusalCode::from_code(code))),
+            None => Err(bad_reply(&COMPLETE_MANY, "a code is not an integer")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CompletedMany {
+        outcomes,
+        fetched: parse_fetched(&COMPLETE_MANY, fetch)?,
     })
 }
 

@@ -1400,3 +1400,191 @@ async fn stall_check_mutex_holds_for_the_interval() {
         .expect("check");
     assert_eq!(third, vec![a]);
 }
+
+// ---------------------------------------------------------------------------------------
+// complete_many
+
+fn completion(id: &str, token: &str, value: &str, keep: KeepJobs) -> worker_ops::Completion {
+    worker_ops::Completion {
+        job_id: id.to_owned(),
+        token: token.to_owned(),
+        return_value_json: value.to_owned(),
+        keep,
+    }
+}
+
+/// Job hash, completed score and the job's events, for comparing two queues' histories.
+async fn trace(c: &Ctx, id: &str) -> (HashMap<String, String>, Option<f64>, Vec<Vec<String>>) {
+    let mut h = c.hash(id).await;
+    h.remove("processedOn");
+    let events = c
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.get(3).map(String::as_str) == Some(id))
+        .collect();
+    (h, c.zscore("completed", id).await, events)
+}
+
+#[tokio::test]
+async fn complete_many_writes_what_one_completion_at_a_time_writes() {
+    let one = setup().await;
+    let many = setup().await;
+    let mut ids = Vec::new();
+    for c in [&one, &many] {
+        ids.clear();
+        for i in 0..5 {
+            ids.push(c.add(&format!("j{i}")).await);
+        }
+        let tokens: Vec<String> = (0..5).map(|i| format!("w:{i}")).collect();
+        let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let f = c.fetch(&t, &FetchOptions::new(LOCK_MS), NOW).await;
+        assert_eq!(f.jobs.len(), 5);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let f = worker_ops::move_to_finished(
+            &one.conn,
+            &one.keys,
+            id,
+            &format!("w:{i}"),
+            NOW + 7,
+            &completed(&format!("{{\"r\":{i}}}")),
+            KeepJobs::KEEP_ALL,
+            None,
+        )
+        .await
+        .expect("complete");
+        assert!(f.is_empty() || f.jobs.is_empty());
+    }
+    let jobs: Vec<worker_ops::Completion> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            completion(
+                id,
+                &format!("w:{i}"),
+                &format!("{{\"r\":{i}}}"),
+                KeepJobs::KEEP_ALL,
+            )
+        })
+        .collect();
+    let done = worker_ops::complete_many(&many.conn, &many.keys, &jobs, NOW + 7, None)
+        .await
+        .expect("complete_many");
+    assert_eq!(done.outcomes, vec![Ok(()); 5]);
+    assert!(done.fetched.jobs.is_empty());
+    for id in &ids {
+        assert_eq!(trace(&one, id).await, trace(&many, id).await, "job {id}");
+        assert!(!many.exists(&many.keys.job_sub(id, "lock")).await);
+    }
+    assert!(many.list("active").await.is_empty());
+    // Both end with one `drained`, after the last completion.
+    assert_eq!(
+        one.event_names().await.last().map(String::as_str),
+        Some("drained")
+    );
+    assert_eq!(
+        many.event_names().await.last().map(String::as_str),
+        Some("drained")
+    );
+    let drained = |names: Vec<String>| names.iter().filter(|n| *n == "drained").count();
+    assert_eq!(drained(many.event_names().await), 1);
+}
+
+#[tokio::test]
+async fn complete_many_refuses_jobs_one_by_one_and_fetches_next() {
+    let c = setup().await;
+    let a = c.add("a").await;
+    let b = c.add("b").await;
+    let d = c.add("d").await;
+    let next1 = c.add("n1").await;
+    let next2 = c.add("n2").await;
+    let f = c
+        .fetch(&["w:a", "w:b", "w:d"], &FetchOptions::new(LOCK_MS), NOW)
+        .await;
+    assert_eq!(f.jobs.len(), 3);
+    let before_b = c.hash(&b).await;
+    let jobs = vec![
+        completion(&a, "w:a", "1", KeepJobs::KEEP_ALL),
+        completion(&b, "w:stale", "2", KeepJobs::KEEP_ALL),
+        completion("missing", "w:x", "3", KeepJobs::KEEP_ALL),
+        completion(&d, "w:d", "4", KeepJobs::REMOVE_AT_ONCE),
+    ];
+    let tokens = strings(&["w:n1", "w:n2", "w:n3"]);
+    let done = worker_ops::complete_many(
+        &c.conn,
+        &c.keys,
+        &jobs,
+        NOW + 1,
+        Some((&tokens, &FetchOptions::new(LOCK_MS))),
+    )
+    .await
+    .expect("complete_many");
+    assert_eq!(
+        done.outcomes,
+        vec![
+            Ok(()),
+            Err(RefusalCode::LockMismatch),
+            Err(RefusalCode::JobNotExist),
+            Ok(())
+        ]
+    );
+    // The refused job is untouched: same hash, still active, lock still the other token's.
+    assert_eq!(c.hash(&b).await, before_b);
+    assert!(c.list("active").await.contains(&b));
+    let holder: Option<String> = c.q(&["GET", &c.keys.job_sub(&b, "lock")]).await;
+    assert_eq!(holder.as_deref(), Some("w:b"));
+    // a completed and kept, d completed and deleted (its completed event is still emitted).
+    assert_eq!(c.field(&a, "returnvalue").await.as_deref(), Some("1"));
+    assert!(!c.exists(&c.keys.job(&d)).await);
+    let completed_ids: Vec<String> = c
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e[1] == "completed")
+        .map(|e| e[3].clone())
+        .collect();
+    assert_eq!(completed_ids, vec![a.clone(), d.clone()]);
+    // Two jobs were waiting, so two of the three tokens got one, in order.
+    let fetched: Vec<(&str, &str)> = done
+        .fetched
+        .jobs
+        .iter()
+        .map(|j| (j.id.as_str(), j.token.as_str()))
+        .collect();
+    assert_eq!(
+        fetched,
+        vec![(next1.as_str(), "w:n1"), (next2.as_str(), "w:n2")]
+    );
+    assert!(!c.event_names().await.contains(&"drained".to_owned()));
+}
+
+#[tokio::test]
+async fn complete_many_retention_by_count_keeps_the_newest() {
+    let c = setup().await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(c.add(&format!("j{i}")).await);
+    }
+    let tokens: Vec<String> = (0..6).map(|i| format!("w:{i}")).collect();
+    let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    c.fetch(&t, &FetchOptions::new(LOCK_MS), NOW).await;
+    // Two calls of three, a millisecond apart: only the newest two remain.
+    for (part, at) in [(0..3, NOW + 1), (3..6, NOW + 2)] {
+        let jobs: Vec<worker_ops::Completion> = part
+            .map(|i| completion(&ids[i], &tokens[i], "0", KeepJobs::newest(2)))
+            .collect();
+        let done = worker_ops::complete_many(&c.conn, &c.keys, &jobs, at, None)
+            .await
+            .expect("complete_many");
+        assert!(done.outcomes.iter().all(Result::is_ok));
+    }
+    let kept: Vec<String> = c.q(&["ZRANGE", &c.k("completed"), "0", "-1"]).await;
+    assert_eq!(kept.len(), 2);
+    for id in &kept {
+        assert!(ids[3..].contains(id), "{id} is one of the newest");
+    }
+    for id in ids.iter().filter(|id| !kept.contains(id)) {
+        assert!(!c.exists(&c.keys.job(id)).await, "{id} was pruned");
+    }
+}

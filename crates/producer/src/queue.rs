@@ -17,8 +17,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::instrument;
 
-use crate::coalesce::{Coalescer, Route};
+use crate::coalesce::{self, AddCoalescer};
 use crate::error::{Error, Result};
+use bullpen_core::coalesce::{Route, Waited};
 
 /// Completed jobs a worker keeps by default (newest first): `removeOnComplete: 1000`.
 pub const DEFAULT_KEEP_COMPLETED: u64 = 1_000;
@@ -130,7 +131,7 @@ pub struct Queue {
     conn: Connection,
     keys: QueueKeys,
     opts: QueueOptions,
-    coalescer: Arc<Coalescer>,
+    coalescer: Arc<AddCoalescer>,
 }
 
 fn now_ms() -> u64 {
@@ -203,7 +204,7 @@ impl Queue {
             conn,
             keys,
             opts,
-            coalescer: Arc::default(),
+            coalescer: coalesce::new_coalescer(),
         })
     }
 
@@ -305,10 +306,6 @@ impl Queue {
         .collect()
     }
 
-    pub(crate) fn coalescer(&self) -> &Arc<Coalescer> {
-        &self.coalescer
-    }
-
     pub(crate) async fn run_add(&self, prepared: Vec<Prepared>) -> Result<Vec<AddOutcome>> {
         let n = prepared.len();
         let mut args: Vec<String> = Vec::with_capacity(3 + n * 11);
@@ -367,11 +364,11 @@ impl Queue {
         let called = Instant::now();
         let now = now_ms();
         let p = self.prepare(name, data, opts, now)?;
-        match Coalescer::route(self, p) {
-            Route::Now(now) => {
-                let (flight, p) = *now;
+        let weight = p.data_len();
+        match self.coalescer.route(p, weight, &coalesce::runner(self)) {
+            Route::Now(slot, p) => {
                 let out = self.run_add(vec![p]).await;
-                drop(flight);
+                drop(slot);
                 out?.pop().ok_or_else(|| {
                     bullpen_core::Error::ScriptReply {
                         script: ADD_JOB.name(),
@@ -380,15 +377,37 @@ impl Queue {
                     .into()
                 })
             }
-            Route::Later(waiting, rx) => {
-                let deadline = self
-                    .conn
-                    .options()
-                    .request_deadline
-                    .map(|d| (called + d, d));
-                waiting
-                    .wait(rx, deadline, || self.conn.options().redacted_target())
-                    .await
+            Route::Later(waiter) => {
+                let budget = self.conn.options().request_deadline;
+                let waited = match budget {
+                    Some(d) => waiter.wait_until((called + d).into()).await,
+                    None => waiter.wait().await.map_or(Waited::Abandoned, Waited::Done),
+                };
+                let source = match waited {
+                    Waited::Done(out) => return out,
+                    // Never sent: definitely not applied.
+                    Waited::NotSent => bullpen_conn::Error::Unavailable {
+                        target: self.conn.options().redacted_target(),
+                        waited: budget.unwrap_or_default(),
+                        last_error: None,
+                    },
+                    Waited::SentNoAnswer => bullpen_conn::Error::CommandTimeout {
+                        command: "EVALSHA".into(),
+                        after: budget.unwrap_or_default(),
+                    },
+                    Waited::Abandoned => {
+                        return Err(bullpen_core::Error::ScriptReply {
+                            script: ADD_JOB.name(),
+                            reason: "the shared add call was abandoned (its runtime shut down); the job may or may not have been added".into(),
+                        }
+                        .into())
+                    }
+                };
+                Err(bullpen_core::Error::Redis {
+                    script: ADD_JOB.name(),
+                    source,
+                }
+                .into())
             }
         }
     }

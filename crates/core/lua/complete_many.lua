@@ -1,0 +1,145 @@
+--[[
+  complete_many: completes several active jobs in one call, then optionally fetches the next
+  jobs like move_to_active. Each job gets exactly what move_to_finished does for a completion
+  (same checks, same writes, same events); the work that does not depend on the job (reading
+  meta, trimming the events stream, retention passes, the fetch) is done once per call.
+
+  Per job, checked before anything is written for it: the job exists (-1; a job hash always
+  has `name`), it has no pending (-4) or failed (-9) children, its lock (unless token "0")
+  exists (-2) and holds the token (-6), and it is in active (-3: LREM removed nothing). A
+  refused job is left untouched and does not stop the others.
+
+  Then, per accepted job: lock released (DEL, SREM stalled), deduplication key released and
+  the keepLastIfActive hand-over (as move_to_finished), atm + 1, and by retention either the
+  job deleted (count 0) or added to `completed` with score now, `returnvalue` and
+  `finishedOn`; then `completed(jobId, returnvalue, prev=active)`. The events stream is
+  trimmed (XTRIM MAXLEN ~ meta.opts.maxLenEvents) once, before the first event. Retention
+  passes (age, then count) run once per distinct retention setting, after every job of the
+  call was added (the result is the same as passing after each job, except which of several
+  jobs finished in the same millisecond counts as newest).
+
+  KEYS:
+    1 wait        2 active      3 prioritized 4 events      5 limiter
+    6 delayed     7 meta        8 pc          9 marker      10 stalled
+    11 completed  12 id
+  ARGV:
+    1 key prefix of the queue, with its trailing colon ("bull:q:")
+    2 default maxLenEvents
+    3 n, the number of jobs
+    4.. n groups of 6: job id, token, return value JSON, keep count (-1 all, 0 delete,
+       n newest), keep age in seconds or "", keep limit per call
+    then "1" to fetch next jobs (else "0") and the fetch arguments of move_to_active from its
+    ARGV[2] on: now, lock duration, limiter max or "", limiter duration or "", worker name or
+    "", tokens... (now is always given; it is the finish time)
+  Reply: { {code per job: 0 done or a negative code}, fetch reply of move_to_active (or
+    {0, "", 0} when no fetch was asked) }; `drained` is emitted as move_to_finished does,
+    when at least one job was completed.
+]]
+local prefix = ARGV[1]
+local n = tonumber(ARGV[3])
+local fetchFlag = 4 + n * 6
+local f = bp_fetch_args(fetchFlag + 1)
+local now = f.now
+local nowText = f.nowText
+
+local k = { wait = KEYS[1], active = KEYS[2], prioritized = KEYS[3], events = KEYS[4],
+  limiter = KEYS[5], delayed = KEYS[6], meta = KEYS[7], pc = KEYS[8], marker = KEYS[9],
+  id = KEYS[12] }
+local completedKey = KEYS[11]
+
+local maxEvents = nil
+local codes = {}
+local passes = {}
+local passOrder = {}
+
+for i = 0, n - 1 do
+  local a = 4 + i * 6
+  local jobId = ARGV[a]
+  local token = ARGV[a + 1]
+  local value = ARGV[a + 2]
+  local jobKey = prefix .. jobId
+  local lockKey = jobKey .. ":lock"
+  local head = redis.call("HMGET", jobKey, "name", "deid")
+  local code = 0
+  if not head[1] then
+    code = -1
+  elseif redis.call("EXISTS", jobKey .. ":dependencies", jobKey .. ":unsuccessful") > 0 then
+    if redis.call("SCARD", jobKey .. ":dependencies") > 0 then
+      code = -4
+    elseif redis.call("ZCARD", jobKey .. ":unsuccessful") > 0 then
+      code = -9
+    end
+  end
+  if code == 0 then
+    code = bp_check_lock(lockKey, token)
+  end
+  if code == 0 and redis.call("LREM", k.active, -1, jobId) == 0 then
+    code = -3
+  end
+  codes[i + 1] = code
+  if code == 0 then
+    if not maxEvents then
+      maxEvents = bp_max_events(k.meta, ARGV[2])
+      redis.call("XTRIM", k.events, "MAXLEN", "~", maxEvents)
+    end
+    bp_release_lock(lockKey, KEYS[10], jobId, token)
+    local deid = head[2]
+    if deid then
+      local dedupKey = prefix .. "de:" .. deid
+      local pttl = redis.call("PTTL", dedupKey)
+      if pttl == 0 or (pttl == -1 and redis.call("GET", dedupKey) == jobId) then
+        redis.call("DEL", dedupKey)
+      end
+      if redis.call("EXISTS", prefix .. "dn:" .. deid) == 1 then
+        bp_create_stored_job(k, prefix, deid, now, maxEvents)
+      end
+    end
+    redis.call("HINCRBY", jobKey, "atm", 1)
+    local keepCount = tonumber(ARGV[a + 3]) or -1
+    if keepCount == 0 then
+      bp_delete_job_keys(jobKey)
+    else
+      redis.call("ZADD", completedKey, nowText, jobId)
+      redis.call("HSET", jobKey, "returnvalue", value, "finishedOn", nowText)
+      local pass = ARGV[a + 3] .. "|" .. ARGV[a + 4] .. "|" .. ARGV[a + 5]
+      if not passes[pass] then
+        passes[pass] = { keepCount, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]) or 1000 }
+        passOrder[#passOrder + 1] = pass
+      end
+    end
+    redis.call("XADD", k.events, "*", "event", "completed", "jobId", jobId, "returnvalue", value,
+      "prev", "active")
+  end
+end
+
+local function prune(ids)
+  for _, old in ipairs(ids) do
+    bp_delete_job_keys(prefix .. old)
+  end
+  if #ids > 0 then
+    redis.call("ZREM", completedKey, unpack(ids))
+  end
+end
+for _, name in ipairs(passOrder) do
+  local keepCount, age, limit = unpack(passes[name])
+  if age and limit > 0 then
+    prune(redis.call("ZRANGEBYSCORE", completedKey, 0, now - age * 1000, "LIMIT", 0, limit))
+  end
+  if keepCount > 0 then
+    local older = redis.call("ZREVRANGE", completedKey, keepCount, -1)
+    for i = 1, #older, 5000 do
+      prune({ unpack(older, i, math.min(i + 4999, #older)) })
+    end
+  end
+end
+
+local reply = { 0, "", 0 }
+if ARGV[fetchFlag] == "1" then
+  reply = bp_fetch(k, prefix, f)
+end
+if maxEvents and #reply == 3 and reply[1] == 0 and reply[2] == "" and reply[3] == 0
+  and redis.call("LLEN", k.wait) == 0 and redis.call("LLEN", k.active) == 0
+  and redis.call("ZCARD", k.prioritized) == 0 then
+  redis.call("XADD", k.events, "*", "event", "drained")
+end
+return { codes, reply }
