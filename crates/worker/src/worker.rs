@@ -8,8 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bullpen_conn::redis;
 use bullpen_conn::{BlockingConnection, Connection, RedisOptions};
+use bullpen_core::coalesce::{Coalescer, Route, Runner};
 use bullpen_core::job::Job;
 use bullpen_core::opts::KeepJobs;
+use bullpen_core::script::COMPLETE_MANY;
 use bullpen_core::worker_ops::{self, ActiveJob, FetchOptions};
 use bullpen_core::{QueueKeys, RefusalCode};
 use tokio::sync::{broadcast, watch, Notify};
@@ -65,6 +67,7 @@ struct Shared {
     worker_id: String,
     token_seq: AtomicU64,
     limited_until: Mutex<Option<Instant>>,
+    completions: Arc<CompletionCoalescer>,
 }
 
 /// A running worker. Dropping it does not stop it: call [`Worker::close`].
@@ -150,6 +153,7 @@ impl Worker {
             worker_id,
             token_seq: AtomicU64::new(0),
             limited_until: Mutex::new(None),
+            completions: completion_coalescer(),
             opts,
         });
         info!(queue = %queue, "worker started");
@@ -504,8 +508,8 @@ async fn run_job<P: Processor>(
     };
     match result {
         Ok(value) => {
-            let next = complete(sh, &id, &token, value, &meta.opts.remove_on_complete).await;
-            for job in next.map(|f| f.jobs).unwrap_or_default() {
+            if let Some(job) = complete(sh, &id, &token, value, &meta.opts.remove_on_complete).await
+            {
                 start_job(sh, processor.clone(), job);
             }
         }
@@ -572,54 +576,125 @@ impl Shared {
     }
 }
 
-/// Completes a job and, unless the worker is closing or rate limited, takes the next job in
-/// the same script call (BullMQ's fetch-next), returning what it fetched.
-async fn complete(
-    sh: &Shared,
-    id: &str,
-    token: &str,
-    value: serde_json::Value,
-    keep: &Option<KeepJobs>,
-) -> Option<worker_ops::Fetched> {
-    let keep = finish::keep_jobs(keep.as_ref(), sh.opts.remove_on_complete.as_ref());
+/// Completions in flight at once before completions start to travel together.
+const COMPLETIONS_IN_FLIGHT: usize = 2;
+/// Most completions in one script call.
+const COMPLETIONS_PER_CALL: usize = 64;
+
+/// What one completion came to: completed or refused, and the job fetched in its place (if
+/// any), or the failure of the call that carried it.
+type CompletionOutcome =
+    std::result::Result<(std::result::Result<(), RefusalCode>, Option<ActiveJob>), String>;
+
+/// Completions of one worker that share script calls.
+pub(crate) type CompletionCoalescer = Coalescer<worker_ops::Completion, CompletionOutcome>;
+
+fn completion_coalescer() -> Arc<CompletionCoalescer> {
+    Coalescer::new(COMPLETIONS_IN_FLIGHT, COMPLETIONS_PER_CALL, usize::MAX)
+}
+
+/// Completes `jobs` in one script call and, unless the worker is closing or rate limited,
+/// fetches up to one next job per completion within the concurrency (BullMQ's fetch-next).
+async fn complete_batch(sh: &Shared, jobs: Vec<worker_ops::Completion>) -> Vec<CompletionOutcome> {
+    let m = jobs.len();
     let limited = sh
         .limited_until
         .lock()
         .ok()
         .and_then(|l| *l)
         .is_some_and(|until| until > Instant::now());
-    let next_tokens = [sh.next_token()];
+    // The runs completing here still count as running, so each frees one slot.
+    let slots = (*sh.concurrency.borrow() + m).saturating_sub(sh.running_count());
+    let wanted = if sh.closing.is_cancelled() || limited {
+        0
+    } else {
+        m.min(slots)
+    };
+    let tokens: Vec<String> = (0..wanted).map(|_| sh.next_token()).collect();
     let fetch_opts = sh.fetch_options();
-    // This run still counts as running, so its slot is kept only within the concurrency.
-    let within = sh.running_count() <= *sh.concurrency.borrow();
-    let fetch_next = (!sh.closing.is_cancelled() && !limited && within)
-        .then_some((&next_tokens[..], &fetch_opts));
-    match finish::complete(
-        &sh.conn,
-        &sh.keys,
-        id,
-        token,
-        value.to_string(),
-        keep,
-        fetch_next,
-    )
-    .await
-    {
-        Ok(fetched) => {
+    let fetch_next = (wanted > 0).then_some((&tokens[..], &fetch_opts));
+    match worker_ops::complete_many(&sh.conn, &sh.keys, &jobs, now_ms(), fetch_next).await {
+        Ok(done) => {
+            if done.fetched.rate_limit_ttl_ms > 0 {
+                if let Ok(mut l) = sh.limited_until.lock() {
+                    *l = Some(
+                        Instant::now() + Duration::from_millis(done.fetched.rate_limit_ttl_ms),
+                    );
+                }
+            }
+            // At most one fetched job per completion, since at most m tokens were sent.
+            let mut next = done.fetched.jobs.into_iter();
+            done.outcomes
+                .into_iter()
+                .map(|o| Ok((o, next.next())))
+                .collect()
+        }
+        Err(e) => {
+            let message = e.to_string();
+            (0..m).map(|_| Err(message.clone())).collect()
+        }
+    }
+}
+
+/// Completes a job and takes the next one in the same script call. Completions that would
+/// queue behind others share a call (see `bullpen_core::coalesce`). Returns the job fetched
+/// in its place, if any.
+async fn complete(
+    sh: &Arc<Shared>,
+    id: &str,
+    token: &str,
+    value: serde_json::Value,
+    keep: &Option<KeepJobs>,
+) -> Option<ActiveJob> {
+    let completion = worker_ops::Completion {
+        job_id: id.to_owned(),
+        token: token.to_owned(),
+        return_value_json: value.to_string(),
+        keep: finish::keep_jobs(keep.as_ref(), sh.opts.remove_on_complete.as_ref()),
+    };
+    let owner = sh.clone();
+    let runner: Runner<worker_ops::Completion, CompletionOutcome> = Arc::new(move |jobs| {
+        let sh = owner.clone();
+        Box::pin(async move { complete_batch(&sh, jobs).await })
+    });
+    let outcome = match sh.completions.route(completion, 0, &runner) {
+        Route::Now(slot, completion) => {
+            let out = complete_batch(sh, vec![completion]).await.pop();
+            drop(slot);
+            out
+        }
+        Route::Later(waiter) => waiter.wait().await,
+    };
+    match outcome {
+        Some(Ok((Ok(()), next))) => {
             debug!(job.id = %id, "job completed");
             sh.events.send(WorkerEvent::Completed {
                 job_id: id.to_owned(),
                 return_value: value,
             });
-            if fetched.rate_limit_ttl_ms > 0 {
-                if let Ok(mut l) = sh.limited_until.lock() {
-                    *l = Some(Instant::now() + Duration::from_millis(fetched.rate_limit_ttl_ms));
-                }
-            }
-            Some(fetched)
+            next
         }
-        Err(e) => {
-            report_refusal(sh, id, "complete", Err(e));
+        Some(Ok((Err(code), next))) => {
+            report_refusal(
+                sh,
+                id,
+                "complete",
+                Err(bullpen_core::Error::Refused {
+                    script: COMPLETE_MANY.name(),
+                    job_id: id.to_owned(),
+                    code,
+                }),
+            );
+            next
+        }
+        Some(Err(message)) => {
+            sh.error(format!("could not complete job {id}: {message}"));
+            None
+        }
+        None => {
+            sh.error(format!(
+                "could not complete job {id}: the call carrying it was abandoned"
+            ));
             None
         }
     }

@@ -599,3 +599,92 @@ async fn a_processor_hitting_a_rate_limit_puts_the_job_back_without_an_attempt()
     );
     worker.close(Duration::from_secs(1)).await;
 }
+
+/// Jobs completed per `complete_many` call, from the slow log (every command logged).
+fn completions_per_call(server: &RedisServer) -> Vec<usize> {
+    let sha = bullpen_core::script::COMPLETE_MANY.sha().to_owned();
+    let log = server.admin(&["SLOWLOG", "GET", "-1"]).expect("SLOWLOG");
+    // `admin` answers RESP as text lines; the arguments of each entry follow one another:
+    // EVALSHA <sha> <numkeys=12> <12 keys> <prefix> <maxLenEvents> <n> ...
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.eq_ignore_ascii_case("EVALSHA") && lines.get(i + 1) == Some(&sha.as_str()) {
+            if let Some(n) = lines.get(i + 2 + 1 + 12 + 2).and_then(|n| n.parse().ok()) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_that_would_queue_share_script_calls() {
+    let server = RedisServer::start().expect("redis-server");
+    let q = queue(&server, "batch").await;
+    for i in 0..16 {
+        q.add("j", &json!(i), o()).await.expect("add");
+    }
+    let started = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (s2, g2) = (started.clone(), gate.clone());
+    let processor = from_fn(move |job: Job<Value>, _ctx| {
+        let (started, gate) = (s2.clone(), g2.clone());
+        async move {
+            let notified = gate.notified();
+            started.fetch_add(1, Ordering::SeqCst);
+            notified.await;
+            Ok::<_, JobError>(json!({ "n": job.data }))
+        }
+    });
+    let worker = Worker::start(
+        redis_opts(&server.url()),
+        "batch",
+        processor,
+        test_opts().concurrency(16).build().expect("opts"),
+    )
+    .await
+    .expect("worker");
+    let mut events = worker.events();
+    eventually(
+        || async { started.load(Ordering::SeqCst) == 16 },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("16 jobs running");
+    server
+        .admin(&["CONFIG", "SET", "slowlog-log-slower-than", "0"])
+        .expect("slowlog on");
+    server
+        .admin(&["CONFIG", "SET", "slowlog-max-len", "10000"])
+        .expect("slowlog len");
+    server.admin(&["SLOWLOG", "RESET"]).expect("reset");
+    // Hold writes so that the first two completions are in flight while the others end.
+    server
+        .admin(&["CLIENT", "PAUSE", "300", "WRITE"])
+        .expect("CLIENT PAUSE");
+    gate.notify_waiters();
+    until_count(&q, JobState::Completed, 16, 10).await;
+    let mut completed = std::collections::HashSet::new();
+    while completed.len() < 16 {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Ok(WorkerEvent::Completed { job_id, .. })) => {
+                assert!(completed.insert(job_id), "a job reported completed twice");
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("completion events stopped: {other:?}"),
+        }
+    }
+    let calls = completions_per_call(&server);
+    assert_eq!(calls.iter().sum::<usize>(), 16, "calls: {calls:?}");
+    assert!(
+        calls.len() < 16 && calls.iter().any(|n| *n > 1),
+        "completions that waited should have shared calls: {calls:?}"
+    );
+    for id in completed {
+        let job = q.get_job(&id).await.expect("get").expect("job");
+        assert_eq!(job.returnvalue, Some(json!({ "n": job.data })));
+        assert_eq!(job.attempts_made, 1);
+    }
+    worker.close(Duration::from_secs(1)).await;
+}
