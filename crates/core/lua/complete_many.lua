@@ -9,11 +9,12 @@
   exists (-2) and holds the token (-6), and it is in active (-3: LREM removed nothing). A
   refused job is left untouched and does not stop the others.
 
-  Then, per accepted job: lock released (DEL, SREM stalled), deduplication key released and
-  the keepLastIfActive hand-over (as move_to_finished), atm + 1, and by retention either the
-  job deleted (count 0) or added to `completed` with score now, `returnvalue` and
-  `finishedOn`; then `completed(jobId, returnvalue, prev=active)`. The events stream is
-  trimmed (XTRIM MAXLEN ~ meta.opts.maxLenEvents) once, before the first event. Retention
+  Then, per accepted job: lock released (DEL, SREM stalled; one command each for the whole
+  call), deduplication key released and the keepLastIfActive hand-over (as
+  move_to_finished), atm + 1, and by retention either the job deleted (count 0) or added to
+  `completed` with score now (one ZADD for the call), `returnvalue` and `finishedOn`; then
+  `completed(jobId, returnvalue, prev=active)`. The events stream is trimmed
+  (XTRIM MAXLEN ~ meta.opts.maxLenEvents) once, before the first event. Retention
   passes (age, then count) run once per distinct retention setting, after every job of the
   call was added (the result is the same as passing after each job, except which of several
   jobs finished in the same millisecond counts as newest).
@@ -52,14 +53,22 @@ local codes = {}
 local passes = {}
 local passOrder = {}
 
+-- Every lock in one read.
+local lockKeys = {}
+for i = 0, n - 1 do
+  lockKeys[i + 1] = prefix .. ARGV[4 + i * 6] .. ":lock"
+end
+local holders = redis.call("MGET", unpack(lockKeys))
+
+local done = {}
+local doneLocks = {}
+local toComplete = {}
 for i = 0, n - 1 do
   local a = 4 + i * 6
   local jobId = ARGV[a]
   local token = ARGV[a + 1]
-  local value = ARGV[a + 2]
   local jobKey = prefix .. jobId
-  local lockKey = jobKey .. ":lock"
-  local head = redis.call("HMGET", jobKey, "name", "deid")
+  local head = redis.call("HMGET", jobKey, "name", "deid", "atm")
   local code = 0
   if not head[1] then
     code = -1
@@ -70,46 +79,70 @@ for i = 0, n - 1 do
       code = -9
     end
   end
-  if code == 0 then
-    code = bp_check_lock(lockKey, token)
+  if code == 0 and token ~= "0" then
+    local holder = holders[i + 1]
+    if not holder then
+      code = -2
+    elseif holder ~= token then
+      code = -6
+    end
   end
   if code == 0 and redis.call("LREM", k.active, -1, jobId) == 0 then
     code = -3
   end
   codes[i + 1] = code
   if code == 0 then
-    if not maxEvents then
-      maxEvents = bp_max_events(k.meta, ARGV[2])
-      redis.call("XTRIM", k.events, "MAXLEN", "~", maxEvents)
+    done[#done + 1] = jobId
+    if token ~= "0" then
+      doneLocks[#doneLocks + 1] = lockKeys[i + 1]
     end
-    bp_release_lock(lockKey, KEYS[10], jobId, token)
-    local deid = head[2]
-    if deid then
-      local dedupKey = prefix .. "de:" .. deid
-      local pttl = redis.call("PTTL", dedupKey)
-      if pttl == 0 or (pttl == -1 and redis.call("GET", dedupKey) == jobId) then
-        redis.call("DEL", dedupKey)
-      end
-      if redis.call("EXISTS", prefix .. "dn:" .. deid) == 1 then
-        bp_create_stored_job(k, prefix, deid, now, maxEvents)
-      end
-    end
-    redis.call("HINCRBY", jobKey, "atm", 1)
-    local keepCount = tonumber(ARGV[a + 3]) or -1
-    if keepCount == 0 then
-      bp_delete_job_keys(jobKey)
-    else
-      redis.call("ZADD", completedKey, nowText, jobId)
-      redis.call("HSET", jobKey, "returnvalue", value, "finishedOn", nowText)
-      local pass = ARGV[a + 3] .. "|" .. ARGV[a + 4] .. "|" .. ARGV[a + 5]
-      if not passes[pass] then
-        passes[pass] = { keepCount, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]) or 1000 }
-        passOrder[#passOrder + 1] = pass
-      end
-    end
-    redis.call("XADD", k.events, "*", "event", "completed", "jobId", jobId, "returnvalue", value,
-      "prev", "active")
+    toComplete[#toComplete + 1] = { a, jobId, jobKey, head }
   end
+end
+
+if #done > 0 then
+  maxEvents = bp_max_events(k.meta, ARGV[2])
+  redis.call("XTRIM", k.events, "MAXLEN", "~", maxEvents)
+  if #doneLocks > 0 then
+    redis.call("DEL", unpack(doneLocks))
+  end
+  redis.call("SREM", KEYS[10], unpack(done))
+end
+
+local kept = {}
+for _, job in ipairs(toComplete) do
+  local a, jobId, jobKey, head = job[1], job[2], job[3], job[4]
+  local value = ARGV[a + 2]
+  local deid = head[2]
+  if deid then
+    local dedupKey = prefix .. "de:" .. deid
+    local pttl = redis.call("PTTL", dedupKey)
+    if pttl == 0 or (pttl == -1 and redis.call("GET", dedupKey) == jobId) then
+      redis.call("DEL", dedupKey)
+    end
+    if redis.call("EXISTS", prefix .. "dn:" .. deid) == 1 then
+      bp_create_stored_job(k, prefix, deid, now, maxEvents)
+    end
+  end
+  local atm = (tonumber(head[3]) or 0) + 1
+  local keepCount = tonumber(ARGV[a + 3]) or -1
+  if keepCount == 0 then
+    bp_delete_job_keys(jobKey)
+  else
+    kept[#kept + 1] = nowText
+    kept[#kept + 1] = jobId
+    redis.call("HSET", jobKey, "returnvalue", value, "finishedOn", nowText, "atm", atm)
+    local pass = ARGV[a + 3] .. "|" .. ARGV[a + 4] .. "|" .. ARGV[a + 5]
+    if not passes[pass] then
+      passes[pass] = { keepCount, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]) or 1000 }
+      passOrder[#passOrder + 1] = pass
+    end
+  end
+  redis.call("XADD", k.events, "*", "event", "completed", "jobId", jobId, "returnvalue", value,
+    "prev", "active")
+end
+if #kept > 0 then
+  redis.call("ZADD", completedKey, unpack(kept))
 end
 
 local function prune(ids)

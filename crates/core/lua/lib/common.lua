@@ -137,13 +137,17 @@ end
 
 -- Takes the next job id into active: wait from the right (RPOPLPUSH), else the lowest
 -- prioritized score (LPUSH active; `pc` deleted once prioritized is empty). Legacy "0:"
--- markers and ids without a job hash are dropped on the way. Returns the id or nil.
+-- markers and ids without a job hash are dropped on the way. Returns the id and the job's
+-- fields (HGETALL, flat), or nil.
 local function bp_take_next(k, prefix)
   while true do
     local id = redis.call("RPOPLPUSH", k.wait, k.active)
     if id then
-      if string.sub(id, 1, 2) ~= "0:" and redis.call("EXISTS", prefix .. id) == 1 then
-        return id
+      if string.sub(id, 1, 2) ~= "0:" then
+        local flat = redis.call("HGETALL", prefix .. id)
+        if #flat > 0 then
+          return id, flat
+        end
       end
       redis.call("LREM", k.active, 1, id)
     else
@@ -152,19 +156,45 @@ local function bp_take_next(k, prefix)
         redis.call("DEL", k.pc)
         return nil
       end
-      if redis.call("EXISTS", prefix .. popped[1]) == 1 then
+      local flat = redis.call("HGETALL", prefix .. popped[1])
+      if #flat > 0 then
         redis.call("LPUSH", k.active, popped[1])
-        return popped[1]
+        return popped[1], flat
       end
     end
   end
 end
 
--- The fetch shared by move_to_active and the fetch-next step of move_to_finished.
+-- The value of `name` in a flat field list, or nil.
+local function bp_flat_get(flat, name)
+  for i = 1, #flat, 2 do
+    if flat[i] == name then
+      return flat[i + 1]
+    end
+  end
+  return nil
+end
+
+-- Sets `name` to `value` (a string) in a flat field list, appending it when absent, as HSET
+-- would in the hash.
+local function bp_flat_set(flat, name, value)
+  for i = 1, #flat, 2 do
+    if flat[i] == name then
+      flat[i + 1] = value
+      return
+    end
+  end
+  flat[#flat + 1] = name
+  flat[#flat + 1] = value
+end
+
+-- The fetch shared by move_to_active and the fetch-next step of the finish scripts.
 -- k: wait, active, prioritized, events, limiter, delayed, meta, pc, marker.
 -- f: now (number), nowText, tokens (list), lockDuration, limMax, limDuration (numbers or
 -- nil), name (string or nil).
--- Returns {rateLimitTtl, nextDelayedScoreText or "", pausedOrMaxed 0/1, {id, token, fields}...}.
+-- Returns {rateLimitTtl, nextDelayedScoreText or "", pausedOrMaxed 0/1, {id, token, fields}...}
+-- where fields is the job hash after activation (read before the activation's own writes,
+-- which are applied to the list as they are to the hash).
 local function bp_fetch(k, prefix, f)
   local meta = redis.call("HMGET", k.meta, "paused", "concurrency", "max", "duration")
   local paused = meta[1] ~= false
@@ -200,13 +230,13 @@ local function bp_fetch(k, prefix, f)
       reply[3] = 1
       break
     end
-    local id = bp_take_next(k, prefix)
+    local id, flat = bp_take_next(k, prefix)
     if not id then
       ranOut = true
       break
     end
     local jobKey = prefix .. id
-    if maxJobs and redis.call("HEXISTS", jobKey, "defa") == 0 then
+    if maxJobs and not bp_flat_get(flat, "defa") then
       if redis.call("INCR", k.limiter) == 1 then
         redis.call("PEXPIRE", k.limiter, math.floor(duration))
       end
@@ -215,13 +245,16 @@ local function bp_fetch(k, prefix, f)
       redis.call("SET", jobKey .. ":lock", token, "PX", f.lockDuration)
     end
     redis.call("XADD", k.events, "*", "event", "active", "jobId", id, "prev", "waiting")
+    local ats = tostring((tonumber(bp_flat_get(flat, "ats")) or 0) + 1)
     if f.name then
-      redis.call("HSET", jobKey, "processedOn", f.nowText, "pb", f.name)
+      redis.call("HSET", jobKey, "processedOn", f.nowText, "pb", f.name, "ats", ats)
+      bp_flat_set(flat, "pb", f.name)
     else
-      redis.call("HSET", jobKey, "processedOn", f.nowText)
+      redis.call("HSET", jobKey, "processedOn", f.nowText, "ats", ats)
     end
-    redis.call("HINCRBY", jobKey, "ats", 1)
-    reply[#reply + 1] = { id, token, redis.call("HGETALL", jobKey) }
+    bp_flat_set(flat, "processedOn", f.nowText)
+    bp_flat_set(flat, "ats", ats)
+    reply[#reply + 1] = { id, token, flat }
   end
   if #reply > 3 then
     redis.call("ZADD", k.marker, 0, "0")
