@@ -4,9 +4,9 @@
 
   Checked before anything is written: the job exists (-1); when completing, it has no pending
   children (-4) and no failed children (-9); the lock (unless token "0") exists (-2) and holds
-  the token (-6); the job is in active (-3).
+  the token (-6); the job is in active (-3; the check is the LREM that takes it out).
 
-  Then: lock released (DEL, SREM stalled), `stacktrace` stored (failed), LREM active, events
+  Then: lock released (DEL, SREM stalled), `stacktrace` stored (failed), events
   pre-trimmed (XTRIM MAXLEN ~ meta.opts.maxLenEvents), deduplication key released (no TTL and
   still this job's, or PTTL 0) and the keepLastIfActive hand-over (the job stored in
   `dn:<id>` is created, with its `added`/`waiting`|`delayed` events), atm + 1, retention,
@@ -68,7 +68,8 @@ local lockCode = bp_check_lock(KEYS[13], token)
 if lockCode ~= 0 then
   return lockCode
 end
-if not redis.call("LPOS", KEYS[2], jobId) then
+-- The last check removes the job from active when it is there (nothing written otherwise).
+if redis.call("LREM", KEYS[2], -1, jobId) == 0 then
   return -3
 end
 
@@ -76,7 +77,6 @@ bp_release_lock(KEYS[13], KEYS[10], jobId, token)
 if target == "failed" and ARGV[6] ~= "" then
   redis.call("HSET", jobKey, "stacktrace", ARGV[6])
 end
-redis.call("LREM", KEYS[2], -1, jobId)
 local maxEvents = bp_max_events(KEYS[7], ARGV[11])
 redis.call("XTRIM", KEYS[4], "MAXLEN", "~", maxEvents)
 
