@@ -88,10 +88,10 @@ pub(crate) async fn complete(
 }
 
 /// Fails a job for good.
-pub(crate) async fn fail_final(
+pub(crate) async fn fail_final<T>(
     conn: &Connection,
     keys: &QueueKeys,
-    job: &Job<serde_json::Value>,
+    job: &Job<T>,
     token: &str,
     reason: &str,
     policy: FailurePolicy<'_>,
@@ -117,10 +117,10 @@ pub(crate) async fn fail_final(
 
 /// A retryable failure: retries (now or after the backoff) while attempts remain, else
 /// fails for good.
-pub(crate) async fn handle_failure(
+pub(crate) async fn handle_failure<T>(
     conn: &Connection,
     keys: &QueueKeys,
-    job: &Job<serde_json::Value>,
+    job: &Job<T>,
     token: &str,
     reason: &str,
     policy: FailurePolicy<'_>,

@@ -2,6 +2,7 @@
 //! check.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,6 +15,7 @@ use bullpen_core::opts::KeepJobs;
 use bullpen_core::script::COMPLETE_MANY;
 use bullpen_core::worker_ops::{self, ActiveJob, FetchOptions};
 use bullpen_core::{QueueKeys, RefusalCode};
+use futures_util::FutureExt;
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -435,18 +437,13 @@ fn start_job<P: Processor>(sh: &Arc<Shared>, processor: Arc<P>, job: ActiveJob) 
     });
 }
 
-fn panic_message(e: tokio::task::JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(p) => {
-            if let Some(s) = p.downcast_ref::<&str>() {
-                format!("processor panicked: {s}")
-            } else if let Some(s) = p.downcast_ref::<String>() {
-                format!("processor panicked: {s}")
-            } else {
-                "processor panicked".to_owned()
-            }
-        }
-        Err(_) => "processor task was cancelled".to_owned(),
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("processor panicked: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("processor panicked: {s}")
+    } else {
+        "processor panicked".to_owned()
     }
 }
 
@@ -457,18 +454,43 @@ async fn run_job<P: Processor>(
     cancel: CancellationToken,
 ) {
     let ActiveJob { id, token, fields } = active;
-    // The job's metadata, whatever its data type.
-    let meta: Job<serde_json::Value> = match Job::from_hash(&id, &fields) {
+    // Decoded once, with the processor's data type. Only when that fails is the job decoded
+    // again with JSON data, to fail it with what can still be read of it.
+    let typed: Job<P::Data> = match Job::from_hash(&id, &fields) {
         Ok(j) => j,
         Err(corrupt) => {
-            // Nothing of the job can be trusted: fail it with the reason, default options.
-            let shell = Job::new(id.clone(), String::new(), serde_json::Value::Null);
-            fail_final(sh, &shell, &token, &corrupt.to_string()).await;
+            match Job::<serde_json::Value>::from_hash(&id, &fields) {
+                Ok(meta) => {
+                    let reason = meta
+                        .deferred_failure
+                        .clone()
+                        .unwrap_or_else(|| corrupt.to_string());
+                    fail_final(sh, &meta, &token, &reason).await;
+                }
+                Err(corrupt) => {
+                    // Nothing of the job can be trusted: fail it with the reason, default
+                    // options.
+                    let shell = Job::new(id.clone(), String::new(), serde_json::Value::Null);
+                    fail_final(sh, &shell, &token, &corrupt.to_string()).await;
+                }
+            }
             return;
         }
     };
-    if let Some(reason) = meta.deferred_failure.clone() {
-        fail_final(sh, &meta, &token, &reason).await;
+    drop(fields);
+    // What the finish needs once the processor has taken the job (everything but the data).
+    let meta: Job<()> = {
+        let mut m = Job::new(id.clone(), typed.name.clone(), ());
+        m.opts = typed.opts.clone();
+        m.attempts_made = typed.attempts_made;
+        m.attempts_started = typed.attempts_started;
+        m.stalled_counter = typed.stalled_counter;
+        m.stacktrace = typed.stacktrace.clone();
+        m.deferred_failure = typed.deferred_failure.clone();
+        m
+    };
+    if let Some(reason) = meta.deferred_failure.as_deref() {
+        fail_final(sh, &meta, &token, reason).await;
         return;
     }
     if let Some(max) = sh.opts.max_started_attempts {
@@ -478,13 +500,6 @@ async fn run_job<P: Processor>(
             return;
         }
     }
-    let typed: Job<P::Data> = match Job::from_hash(&id, &fields) {
-        Ok(j) => j,
-        Err(corrupt) => {
-            fail_final(sh, &meta, &token, &corrupt.to_string()).await;
-            return;
-        }
-    };
     sh.events.send(WorkerEvent::Active { job_id: id.clone() });
     debug!(job.id = %id, "job started");
     let ctx = JobContext {
@@ -497,14 +512,16 @@ async fn run_job<P: Processor>(
         max_len_events: sh.opts.max_len_events,
         events: sh.events.clone(),
     };
-    let p = processor.clone();
-    let outcome = tokio::spawn(async move { p.process(typed, ctx).await }).await;
+    // The processor runs in this job's task; a panic inside it fails the job, not the worker.
+    let outcome = AssertUnwindSafe(processor.process(typed, ctx))
+        .catch_unwind()
+        .await;
     let result: std::result::Result<serde_json::Value, JobError> = match outcome {
         Ok(Ok(v)) => serde_json::to_value(v).map_err(|e| {
             JobError::Unrecoverable(format!("cannot serialise the return value: {e}"))
         }),
         Ok(Err(e)) => Err(e),
-        Err(join) => Err(JobError::Failed(panic_message(join))),
+        Err(panic) => Err(JobError::Failed(panic_message(panic))),
     };
     match result {
         Ok(value) => {
@@ -727,12 +744,12 @@ fn report_failure(
     }
 }
 
-async fn fail_final(sh: &Shared, job: &Job<serde_json::Value>, token: &str, reason: &str) {
+async fn fail_final<T>(sh: &Shared, job: &Job<T>, token: &str, reason: &str) {
     let r = finish::fail_final(&sh.conn, &sh.keys, job, token, reason, sh.policy()).await;
     report_failure(sh, &job.id, reason, r.map(|()| FailureOutcome::Failed));
 }
 
-async fn fail_or_retry(sh: &Shared, job: &Job<serde_json::Value>, token: &str, reason: &str) {
+async fn fail_or_retry<T>(sh: &Shared, job: &Job<T>, token: &str, reason: &str) {
     let r = finish::handle_failure(&sh.conn, &sh.keys, job, token, reason, sh.policy()).await;
     report_failure(sh, &job.id, reason, r);
 }
