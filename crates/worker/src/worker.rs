@@ -410,7 +410,9 @@ async fn fetch_loop<P: Processor>(sh: Arc<Shared>, processor: Arc<P>) {
     }
 }
 
-fn start_job<P: Processor>(sh: &Arc<Shared>, processor: Arc<P>, job: ActiveJob) {
+/// Tracks a run of `job`, marking older runs of the same job here as stale; returns its
+/// cancellation token.
+fn track(sh: &Shared, job: &ActiveJob) -> CancellationToken {
     let cancel = CancellationToken::new();
     if let Ok(mut r) = sh.running.lock() {
         for older in r.values_mut().filter(|run| run.id == job.id) {
@@ -426,12 +428,34 @@ fn start_job<P: Processor>(sh: &Arc<Shared>, processor: Arc<P>, job: ActiveJob) 
             },
         );
     }
+    cancel
+}
+
+/// Runs `job` in a task of its own. When its completion fetched the next job, the same task
+/// runs that one too (its slot stays taken), so a worker that keeps busy does not spawn a
+/// task per job.
+fn start_job<P: Processor>(sh: &Arc<Shared>, processor: Arc<P>, job: ActiveJob) {
+    let mut cancel = track(sh, &job);
     let sh = sh.clone();
     tokio::spawn(async move {
-        let token = job.token.clone();
-        run_job(&sh, processor, job, cancel).await;
-        if let Ok(mut r) = sh.running.lock() {
-            r.remove(&token);
+        let mut job = job;
+        loop {
+            let token = job.token.clone();
+            let next = run_job(&sh, processor.clone(), job, cancel).await;
+            let next = next.map(|n| {
+                let c = track(&sh, &n);
+                (n, c)
+            });
+            if let Ok(mut r) = sh.running.lock() {
+                r.remove(&token);
+            }
+            match next {
+                Some((n, c)) => {
+                    job = n;
+                    cancel = c;
+                }
+                None => break,
+            }
         }
         sh.slot_freed.notify_one();
     });
@@ -447,12 +471,13 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// Runs one job to its end; returns the job its completion fetched, if any.
 async fn run_job<P: Processor>(
     sh: &Arc<Shared>,
     processor: Arc<P>,
     active: ActiveJob,
     cancel: CancellationToken,
-) {
+) -> Option<ActiveJob> {
     let ActiveJob { id, token, fields } = active;
     // Decoded once, with the processor's data type. Only when that fails is the job decoded
     // again with JSON data, to fail it with what can still be read of it.
@@ -474,7 +499,7 @@ async fn run_job<P: Processor>(
                     fail_final(sh, &shell, &token, &corrupt.to_string()).await;
                 }
             }
-            return;
+            return None;
         }
     };
     drop(fields);
@@ -491,13 +516,13 @@ async fn run_job<P: Processor>(
     };
     if let Some(reason) = meta.deferred_failure.as_deref() {
         fail_final(sh, &meta, &token, reason).await;
-        return;
+        return None;
     }
     if let Some(max) = sh.opts.max_started_attempts {
         if meta.attempts_started > max {
             let reason = "job started more than allowable limit";
             fail_final(sh, &meta, &token, reason).await;
-            return;
+            return None;
         }
     }
     sh.events.send(WorkerEvent::Active { job_id: id.clone() });
@@ -525,10 +550,7 @@ async fn run_job<P: Processor>(
     };
     match result {
         Ok(value) => {
-            if let Some(job) = complete(sh, &id, &token, value, &meta.opts.remove_on_complete).await
-            {
-                start_job(sh, processor.clone(), job);
-            }
+            return complete(sh, &id, &token, value, &meta.opts.remove_on_complete).await;
         }
         Err(JobError::Failed(reason)) => fail_or_retry(sh, &meta, &token, &reason).await,
         Err(JobError::Unrecoverable(reason)) => fail_final(sh, &meta, &token, &reason).await,
@@ -557,6 +579,7 @@ async fn run_job<P: Processor>(
             report_refusal(sh, &id, "put back after a rate limit", r.map(|_| ()));
         }
     }
+    None
 }
 
 /// A finish refused because the lock is gone or held by another worker: the run's result is
