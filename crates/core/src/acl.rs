@@ -23,6 +23,7 @@ pub const REQUIRED_COMMANDS: &[&str] = &[
     "del",
     "exists",
     "get",
+    "mget",
     "incr",
     "persist",
     "pexpire",

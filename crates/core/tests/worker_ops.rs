@@ -1588,3 +1588,67 @@ async fn complete_many_retention_by_count_keeps_the_newest() {
         assert!(!c.exists(&c.keys.job(id)).await, "{id} was pruned");
     }
 }
+
+#[tokio::test]
+async fn a_batch_fetch_skips_ghosts_and_legacy_markers_then_falls_back_to_prioritized() {
+    let c = setup().await;
+    let a = c.add("a").await;
+    let b = c.add("b").await;
+    // Oldest on the right: ghost and a legacy marker are popped between a and b.
+    let _: i64 = c.q(&["LINSERT", &c.k("wait"), "BEFORE", &a, "ghost"]).await;
+    let _: i64 = c
+        .q(&["LINSERT", &c.k("wait"), "BEFORE", "ghost", "0:123"])
+        .await;
+    let p = c
+        .add_with(
+            "p",
+            Add {
+                priority: 3,
+                ..Add::default()
+            },
+        )
+        .await;
+    let f = c
+        .fetch(
+            &["t:1", "t:2", "t:3", "t:4"],
+            &FetchOptions::new(LOCK_MS),
+            NOW,
+        )
+        .await;
+    let got: Vec<(&str, &str)> = f
+        .jobs
+        .iter()
+        .map(|j| (j.id.as_str(), j.token.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (a.as_str(), "t:1"),
+            (b.as_str(), "t:2"),
+            (p.as_str(), "t:3")
+        ]
+    );
+    // As one RPOPLPUSH per job would leave it: newest activation on the left.
+    assert_eq!(
+        c.list("active").await,
+        vec![p.clone(), b.clone(), a.clone()]
+    );
+    assert!(c.list("wait").await.is_empty());
+    assert!(!c.exists(&c.keys.job_sub("ghost", "lock")).await);
+    for j in &f.jobs {
+        assert_eq!(j.fields["ats"], "1");
+        assert_eq!(j.fields["processedOn"], NOW.to_string());
+        assert_eq!(
+            c.hash(&j.id).await,
+            j.fields,
+            "the reply shows the hash as stored"
+        );
+    }
+    let actives = c
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e[1] == "active")
+        .count();
+    assert_eq!(actives, 3);
+}

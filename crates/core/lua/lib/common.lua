@@ -165,27 +165,43 @@ local function bp_take_next(k, prefix)
   end
 end
 
--- The value of `name` in a flat field list, or nil.
-local function bp_flat_get(flat, name)
+-- Activation of a job whose fields `flat` (HGETALL) were just read: sets processedOn, pb
+-- (when named) and ats + 1 in the hash with one HSET and in `flat` the same way (appending
+-- absent fields as HSET does). Returns whether the job carries `defa`.
+local function bp_activate_fields(jobKey, flat, nowText, name)
+  local atsAt, onAt, pbAt, defa = nil, nil, nil, false
   for i = 1, #flat, 2 do
-    if flat[i] == name then
-      return flat[i + 1]
+    local field = flat[i]
+    if field == "ats" then
+      atsAt = i + 1
+    elseif field == "processedOn" then
+      onAt = i + 1
+    elseif field == "pb" then
+      pbAt = i + 1
+    elseif field == "defa" then
+      defa = true
     end
   end
-  return nil
-end
-
--- Sets `name` to `value` (a string) in a flat field list, appending it when absent, as HSET
--- would in the hash.
-local function bp_flat_set(flat, name, value)
-  for i = 1, #flat, 2 do
-    if flat[i] == name then
-      flat[i + 1] = value
-      return
+  local ats = tostring((atsAt and tonumber(flat[atsAt]) or 0) + 1)
+  if name then
+    redis.call("HSET", jobKey, "processedOn", nowText, "pb", name, "ats", ats)
+  else
+    redis.call("HSET", jobKey, "processedOn", nowText, "ats", ats)
+  end
+  local function put(at, field, value)
+    if at then
+      flat[at] = value
+    else
+      flat[#flat + 1] = field
+      flat[#flat + 1] = value
     end
   end
-  flat[#flat + 1] = name
-  flat[#flat + 1] = value
+  put(onAt, "processedOn", nowText)
+  if name then
+    put(pbAt, "pb", name)
+  end
+  put(atsAt, "ats", ats)
+  return defa
 end
 
 -- The fetch shared by move_to_active and the fetch-next step of the finish scripts.
@@ -212,7 +228,54 @@ local function bp_fetch(k, prefix, f)
 
   local reply = { 0, "", 0 }
   local ranOut = false
-  for _, token in ipairs(f.tokens) do
+  local function activate(id, token, flat)
+    local jobKey = prefix .. id
+    if token ~= "0" then
+      redis.call("SET", jobKey .. ":lock", token, "PX", f.lockDuration)
+    end
+    redis.call("XADD", k.events, "*", "event", "active", "jobId", id, "prev", "waiting")
+    local defa = bp_activate_fields(jobKey, flat, f.nowText, f.name)
+    if maxJobs and not defa then
+      if redis.call("INCR", k.limiter) == 1 then
+        redis.call("PEXPIRE", k.limiter, math.floor(duration))
+      end
+    end
+    reply[#reply + 1] = { id, token, flat }
+  end
+
+  -- Without a limiter, a global concurrency or a pause nothing can stop the batch part way,
+  -- so the jobs waiting are taken from wait in one pop and put in active in one push: the
+  -- same lists, in the same order, as one RPOPLPUSH per job.
+  local tokens = f.tokens
+  local first = 1
+  if #tokens > 1 and not maxJobs and concurrency == nil and not paused then
+    local popped = redis.call("RPOP", k.wait, #tokens)
+    if popped then
+      local taken = {}
+      for _, id in ipairs(popped) do
+        if string.sub(id, 1, 2) ~= "0:" then
+          local flat = redis.call("HGETALL", prefix .. id)
+          if #flat > 0 then
+            taken[#taken + 1] = { id, flat }
+          end
+        end
+      end
+      if #taken > 0 then
+        local ids = {}
+        for i, t in ipairs(taken) do
+          ids[i] = t[1]
+        end
+        redis.call("LPUSH", k.active, unpack(ids))
+        for i, t in ipairs(taken) do
+          activate(t[1], tokens[i], t[2])
+        end
+      end
+      first = #taken + 1
+    end
+  end
+
+  for ti = first, #tokens do
+    local token = tokens[ti]
     if maxJobs then
       local used = tonumber(redis.call("GET", k.limiter)) or 0
       if used >= maxJobs then
@@ -235,26 +298,7 @@ local function bp_fetch(k, prefix, f)
       ranOut = true
       break
     end
-    local jobKey = prefix .. id
-    if maxJobs and not bp_flat_get(flat, "defa") then
-      if redis.call("INCR", k.limiter) == 1 then
-        redis.call("PEXPIRE", k.limiter, math.floor(duration))
-      end
-    end
-    if token ~= "0" then
-      redis.call("SET", jobKey .. ":lock", token, "PX", f.lockDuration)
-    end
-    redis.call("XADD", k.events, "*", "event", "active", "jobId", id, "prev", "waiting")
-    local ats = tostring((tonumber(bp_flat_get(flat, "ats")) or 0) + 1)
-    if f.name then
-      redis.call("HSET", jobKey, "processedOn", f.nowText, "pb", f.name, "ats", ats)
-      bp_flat_set(flat, "pb", f.name)
-    else
-      redis.call("HSET", jobKey, "processedOn", f.nowText, "ats", ats)
-    end
-    bp_flat_set(flat, "processedOn", f.nowText)
-    bp_flat_set(flat, "ats", ats)
-    reply[#reply + 1] = { id, token, flat }
+    activate(id, token, flat)
   end
   if #reply > 3 then
     redis.call("ZADD", k.marker, 0, "0")
