@@ -1,6 +1,7 @@
 //! Supervised connections: one supervisor task per connection owns the socket, reconnects
 //! with the retry strategy and publishes the current link; callers only ever borrow it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, ServerErrorKin
 use tokio::sync::{broadcast, mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::dial::dial;
+use crate::dial::{dial, DialContext};
 use crate::error::{EndReason, Error, Result};
 use crate::events::{ConnEvent, ConnState};
 use crate::health::Health;
@@ -42,14 +43,28 @@ enum LinkState {
 enum Kick {
     /// An I/O error or a reconnect-on-error reply was seen on this generation.
     Broken(u64),
+    /// Cluster only: a node of this generation's client is gone or the cluster is failing
+    /// over. Build a new client from every known node and swap it in while the old one keeps
+    /// serving; if no node can be used, treat the link as broken.
+    Refresh(u64),
     /// A command timed out on this generation: probe it, replace it if the probe fails.
     Suspect(u64),
     /// `close()`.
     Close,
 }
 
+/// The shortest time between two cluster client rebuilds, so that a burst of failing
+/// commands (one per caller) costs one rebuild. It doubles for each rebuild that follows
+/// within [`REFRESH_STREAK_RESET`] of the previous one, up to [`MAX_REFRESH_INTERVAL`]: a
+/// dead master keeps failing its slot's commands for seconds until its replica is promoted,
+/// and every client of the cluster must not rebuild at full rate meanwhile.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+const REFRESH_STREAK_RESET: Duration = Duration::from_secs(5);
+
 struct Shared {
     opts: RedisOptions,
+    ctx: DialContext,
     target: String,
     state: watch::Sender<LinkState>,
     events: broadcast::Sender<ConnEvent>,
@@ -91,7 +106,41 @@ fn command_name(args: Option<redis::Arg<&[u8]>>) -> String {
 }
 
 fn is_connection_error(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        // A cluster client that lost every node it knew.
+        || e.kind() == ErrorKind::ClusterConnectionNotFound
+}
+
+/// Replies by which a cluster refuses a command without running it (a slot moved or moving,
+/// the cluster or the slot's master down): sending it again is always safe. Redirections
+/// count only on a cluster link: a plain connection to a cluster node cannot follow them,
+/// and must report them instead of sending the command again forever.
+fn is_refused(e: &RedisError, cluster: bool) -> bool {
+    match e.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::TryAgain | ServerErrorKind::ClusterDown | ServerErrorKind::MasterDown,
+        ) => true,
+        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask) => cluster,
+        _ => false,
+    }
+}
+
+/// Refusals that mean the cluster's topology is changing (a node failed, a failover), so a
+/// cluster client should be rebuilt from the nodes' current view. (`MOVED` makes redis-rs
+/// rebuild its slot map by itself.)
+fn topology_changed(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::ClusterDown)
+            | ErrorKind::Server(ServerErrorKind::MasterDown)
+    ) || e.code() == Some("UNBLOCKED")
+}
+
+/// Backoff between sends of a refused command: 50 ms doubling to 800 ms.
+fn refused_backoff(retries: u32) -> Duration {
+    Duration::from_millis(50u64 << retries.min(4))
 }
 
 impl Connection {
@@ -100,10 +149,14 @@ impl Connection {
     /// eviction policy, not a Redis server...), and otherwise keeps trying within the
     /// options' `request_deadline` (forever when there is none, as in the worker preset).
     pub async fn connect(opts: RedisOptions) -> Result<Self> {
+        Self::connect_with(opts, false).await
+    }
+
+    async fn connect_with(opts: RedisOptions, blocking: bool) -> Result<Self> {
         opts.validate()?;
         let lazy = opts.lazy_connect;
         let deadline = opts.request_deadline.map(|d| Instant::now() + d);
-        let conn = Self::spawn(opts);
+        let conn = Self::spawn(opts, blocking);
         if lazy {
             return Ok(conn);
         }
@@ -146,7 +199,7 @@ impl Connection {
         }
     }
 
-    fn spawn(opts: RedisOptions) -> Self {
+    fn spawn(opts: RedisOptions, blocking: bool) -> Self {
         let (events, _) = broadcast::channel(opts.event_capacity);
         let initial = if opts.lazy_connect {
             LinkState::Idle
@@ -162,6 +215,10 @@ impl Connection {
             target: opts.redacted_target(),
             offline: Semaphore::new(opts.offline_queue_limit.max(1)),
             opts,
+            ctx: DialContext {
+                blocking,
+                ..DialContext::default()
+            },
             state,
             events,
             start: Notify::new(),
@@ -415,14 +472,12 @@ impl Connection {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            // A cluster in transition (slot migration, failover): wait and send again on the
-            // same link, with backoff, within the retry budget and the deadline.
-            if matches!(
-                err.kind(),
-                ErrorKind::Server(ServerErrorKind::TryAgain)
-                    | ErrorKind::Server(ServerErrorKind::ClusterDown)
-                    | ErrorKind::Server(ServerErrorKind::MasterDown)
-            ) {
+            // A cluster in transition (slot migration, failover) refused the command without
+            // running it: send it again with backoff, within the retry budget and the
+            // deadline, on whatever link is current by then. When the cluster is failing
+            // over, first have the client rebuilt from the nodes' current view.
+            let cluster = link.conn.is_cluster();
+            if is_refused(&err, cluster) {
                 if opts.max_retries_per_request.is_some_and(|m| retries >= m) {
                     return Err(Error::MaxRetriesPerRequest {
                         command: name.to_owned(),
@@ -433,12 +488,15 @@ impl Connection {
                         }),
                     });
                 }
-                let wait = Duration::from_millis(50u64 << retries.min(4));
+                let wait = refused_backoff(retries);
                 if deadline.is_some_and(|d| Instant::now() + wait > d) {
                     return Err(Error::Server {
                         command: name.to_owned(),
                         source: err,
                     });
+                }
+                if cluster && topology_changed(&err) {
+                    let _ = self.kick.try_send(Kick::Refresh(link.generation));
                 }
                 retries += 1;
                 tracing::debug!(command = name, retries, error = %err, "cluster busy; sending again");
@@ -456,7 +514,11 @@ impl Connection {
                     source: err,
                 });
             }
-            let _ = self.kick.try_send(Kick::Broken(link.generation));
+            let _ = self.kick.try_send(if cluster {
+                Kick::Refresh(link.generation)
+            } else {
+                Kick::Broken(link.generation)
+            });
             let this = if is_connection_error(&err) {
                 Error::ConnectionLost {
                     command: name.to_owned(),
@@ -520,7 +582,10 @@ impl Connection {
 /// It has no command timeout, because a blocking command legitimately waits; instead a
 /// watchdog fires at block timeout + `watchdog_margin` and replaces the connection, so no
 /// blocking call stays outstanding longer than that even on a black-holed socket. A blocking
-/// command is **never sent again by itself**: after a failure the caller decides.
+/// command is **never sent again by itself** once it may have run: after a failure the caller
+/// decides. The one exception is a Redis Cluster reply that proves it did not run (`MOVED`
+/// or `TRYAGAIN`, `CLUSTERDOWN` during a failover, `UNBLOCKED` from a master demoted while
+/// the command waited): it is sent again, with backoff, for at most half the watchdog margin.
 #[derive(Clone, Debug)]
 pub struct BlockingConnection {
     inner: Connection,
@@ -531,7 +596,7 @@ impl BlockingConnection {
     /// ignored for blocking calls.
     pub async fn connect(opts: RedisOptions) -> Result<Self> {
         Ok(Self {
-            inner: Connection::connect(opts).await?,
+            inner: Connection::connect_with(opts, true).await?,
         })
     }
 
@@ -550,20 +615,62 @@ impl BlockingConnection {
         let started = Instant::now();
         let deadline = c.shared.opts.request_deadline.map(|d| started + d);
         let link = c.link(&name, deadline, started).await?;
-        let watchdog = block_timeout + c.shared.opts.watchdog_margin;
-        let mut conn = link.conn.clone();
-        let result = tokio::time::timeout(watchdog, cmd.query_async::<Value>(&mut conn)).await;
+        let margin = c.shared.opts.watchdog_margin;
+        let watchdog = block_timeout + margin;
+        let cluster = link.conn.is_cluster();
+        // The generation of the link the command was last sent on, for the kicks below.
+        let generation = AtomicU64::new(link.generation);
+        let attempt = async {
+            let sent = Instant::now();
+            let mut link = link;
+            let mut tries: u32 = 0;
+            loop {
+                let mut conn = link.conn.clone();
+                let r = cmd.query_async::<Value>(&mut conn).await;
+                // On a cluster, a refusal (`MOVED` after a failover, `CLUSTERDOWN` during one,
+                // `UNBLOCKED` from a master demoted while we waited) proves the command did
+                // not run, so it is sent again, briefly enough to stay within the watchdog.
+                let wait = refused_backoff(tries);
+                match r {
+                    Err(e)
+                        if cluster
+                            && (is_refused(&e, true) || e.code() == Some("UNBLOCKED"))
+                            && sent.elapsed() + wait <= margin / 2 =>
+                    {
+                        if topology_changed(&e) {
+                            let _ = c.kick.try_send(Kick::Refresh(link.generation));
+                        }
+                        tries += 1;
+                        tracing::debug!(command = %name, tries, error = %e, "cluster refused a blocking command; sending it again");
+                        tokio::time::sleep(wait).await;
+                        link = c.link(&name, deadline, started).await?;
+                        generation.store(link.generation, Ordering::Relaxed);
+                    }
+                    other => return Ok(other),
+                }
+            }
+        };
+        let gen = || generation.load(Ordering::Relaxed);
+        let replace = |g: u64| {
+            if cluster {
+                Kick::Refresh(g)
+            } else {
+                Kick::Broken(g)
+            }
+        };
+        let result = tokio::time::timeout(watchdog, attempt).await;
         let err = match result {
-            Ok(Ok(v)) => {
+            Ok(Ok(Ok(v))) => {
                 return T::from_redis_value(v).map_err(|source| Error::Response {
                     command: name,
                     source: source.into(),
                 })
             }
-            Ok(Err(e)) => e,
+            Ok(Ok(Err(e))) => e,
+            Ok(Err(e)) => return Err(e),
             Err(_) => {
                 tracing::warn!(command = %name, ?watchdog, "blocking command outlived its watchdog; replacing the connection");
-                let _ = c.kick.try_send(Kick::Broken(link.generation));
+                let _ = c.kick.try_send(replace(gen()));
                 return Err(Error::Watchdog {
                     command: name,
                     after: watchdog,
@@ -576,9 +683,10 @@ impl BlockingConnection {
                 ErrorKind::Server(ServerErrorKind::ReadOnly)
                     | ErrorKind::Server(ServerErrorKind::BusyLoading)
             )
-            || err.code() == Some("UNBLOCKED");
+            || err.code() == Some("UNBLOCKED")
+            || (cluster && topology_changed(&err));
         if broken {
-            let _ = c.kick.try_send(Kick::Broken(link.generation));
+            let _ = c.kick.try_send(replace(gen()));
         }
         Err(if is_connection_error(&err) {
             Error::ConnectionLost {
@@ -618,25 +726,21 @@ async fn supervise(shared: Arc<Shared>, mut kicks: mpsc::Receiver<Kick>) {
     let mut last_error: Option<Error> = None;
     loop {
         let dialed = tokio::select! {
-            r = dial(opts, || shared.emit(ConnEvent::Connect)) => r,
+            r = dial(opts, &shared.ctx, || shared.emit(ConnEvent::Connect)) => r,
             _ = wait_close(&mut kicks) => return end(&shared, EndReason::Closed, last_error),
         };
         match dialed {
             Ok(d) => {
                 attempt = 0;
                 last_error = None;
-                generation += 1;
-                let server = d.server.map(Arc::new);
-                tracing::info!(target_addr = %target, generation, "redis connection ready");
-                shared.state.send_replace(LinkState::Ready(Link {
-                    generation,
-                    conn: d.conn.clone(),
-                    server: server.clone(),
-                }));
-                shared.emit(ConnEvent::Ready {
-                    server: server.as_deref().cloned(),
-                });
+                let mut current = d.conn;
                 let mut driver = d.driver;
+                generation += 1;
+                publish(&shared, generation, &current, d.server);
+                let mut last_refresh: Option<Instant> = None;
+                let mut refresh_interval = MIN_REFRESH_INTERVAL;
+                // Why a cluster client could not be rebuilt, when that ended the link.
+                let mut refresh_error: Option<Error> = None;
                 let closed = loop {
                     tokio::select! {
                         _ = &mut driver => break false,
@@ -644,15 +748,43 @@ async fn supervise(shared: Arc<Shared>, mut kicks: mpsc::Receiver<Kick>) {
                             None | Some(Kick::Close) => break true,
                             Some(Kick::Broken(g)) if g == generation => break false,
                             Some(Kick::Suspect(g)) if g == generation => {
-                                let mut probe = d.conn.clone();
-                                let ok = tokio::time::timeout(
-                                    opts.connect_timeout,
-                                    redis::cmd("PING").query_async::<String>(&mut probe),
-                                )
-                                .await;
-                                if !matches!(ok, Ok(Ok(_))) {
+                                let ok = tokio::time::timeout(opts.connect_timeout, current.probe()).await;
+                                if !matches!(ok, Ok(Ok(()))) {
                                     tracing::warn!(target_addr = %target, "connection failed its probe after a command timeout; replacing it");
                                     break false;
+                                }
+                            }
+                            Some(Kick::Refresh(g)) if g == generation => {
+                                if let Some(t) = last_refresh {
+                                    if t.elapsed() > REFRESH_STREAK_RESET {
+                                        refresh_interval = MIN_REFRESH_INTERVAL;
+                                    }
+                                    let wait = (t + refresh_interval).saturating_duration_since(Instant::now());
+                                    refresh_interval = (refresh_interval * 2).min(MAX_REFRESH_INTERVAL);
+                                    if !wait.is_zero() && !sleep_unless_closed(wait, &mut kicks).await {
+                                        break true;
+                                    }
+                                }
+                                last_refresh = Some(Instant::now());
+                                tracing::info!(target_addr = %target, generation, "cluster topology changed; rebuilding the cluster client from every known node");
+                                let rebuilt = tokio::select! {
+                                    r = dial(opts, &shared.ctx, || shared.emit(ConnEvent::Connect)) => r,
+                                    _ = wait_close(&mut kicks) => break true,
+                                };
+                                match rebuilt {
+                                    Ok(d) => {
+                                        driver.abort();
+                                        driver = d.driver;
+                                        current = d.conn;
+                                        generation += 1;
+                                        publish(&shared, generation, &current, d.server);
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(target_addr = %target, error = %e, "cluster client could not be rebuilt; reconnecting");
+                                        shared.emit(ConnEvent::Error { error: e.clone() });
+                                        refresh_error = Some(e);
+                                        break false;
+                                    }
                                 }
                             }
                             Some(_) => {}
@@ -664,9 +796,13 @@ async fn supervise(shared: Arc<Shared>, mut kicks: mpsc::Receiver<Kick>) {
                     return end(&shared, EndReason::Closed, None);
                 }
                 tracing::info!(target_addr = %target, "redis connection lost");
+                if let Some(e) = refresh_error {
+                    failures += 1;
+                    last_error = Some(e);
+                }
                 shared.state.send_replace(LinkState::Connecting {
                     failures,
-                    last_error: None,
+                    last_error: last_error.clone(),
                 });
                 shared.emit(ConnEvent::Close);
             }
@@ -692,6 +828,33 @@ async fn supervise(shared: Arc<Shared>, mut kicks: mpsc::Receiver<Kick>) {
             _ = tokio::time::sleep(delay) => {}
             _ = wait_close(&mut kicks) => return end(&shared, EndReason::Closed, last_error),
         }
+    }
+}
+
+/// Publishes a new ready link and says so.
+fn publish(
+    shared: &Shared,
+    generation: u64,
+    conn: &crate::raw::RawConn,
+    server: Option<ServerInfo>,
+) {
+    let server = server.map(Arc::new);
+    tracing::info!(target_addr = %shared.target, generation, "redis connection ready");
+    shared.state.send_replace(LinkState::Ready(Link {
+        generation,
+        conn: conn.clone(),
+        server: server.clone(),
+    }));
+    shared.emit(ConnEvent::Ready {
+        server: server.as_deref().cloned(),
+    });
+}
+
+/// Sleeps for `d`; `false` if `close()` was called (or every handle dropped) meanwhile.
+async fn sleep_unless_closed(d: Duration, kicks: &mut mpsc::Receiver<Kick>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = wait_close(kicks) => false,
     }
 }
 

@@ -100,9 +100,23 @@ pub(crate) fn socket_error(opts: &RedisOptions, e: std::io::Error) -> Error {
     }
 }
 
+/// What a supervisor keeps between its dials.
+#[derive(Default)]
+pub(crate) struct DialContext {
+    /// Cluster nodes learnt on the last successful dial: the next one seeds from them.
+    pub known: crate::cluster::KnownNodes,
+    /// A connection for blocking commands, which must never be sent again by the cluster
+    /// client on its own.
+    pub blocking: bool,
+}
+
 /// Opens the socket and runs the handshake, all within `connect_timeout`; then waits out
 /// `LOADING` (ready check) and applies the server checks.
-pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Result<Dialed> {
+pub(crate) async fn dial(
+    opts: &RedisOptions,
+    ctx: &DialContext,
+    on_socket: impl FnOnce(),
+) -> Result<Dialed> {
     let attempt = async {
         match &opts.endpoint {
             Endpoint::Tcp { host, port } => dial_tcp(opts, host, *port, on_socket).await,
@@ -113,7 +127,9 @@ pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Resul
                 on_socket();
                 handshake(opts, stream).await
             }
-            Endpoint::Cluster { seeds } => dial_cluster(opts, seeds, on_socket).await,
+            Endpoint::Cluster { seeds } => {
+                crate::cluster::dial_cluster(opts, seeds, &ctx.known, ctx.blocking, on_socket).await
+            }
             Endpoint::Sentinel {
                 sentinels,
                 master_name,
@@ -140,7 +156,8 @@ pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Resul
             })
         }
     };
-    if opts.enable_ready_check {
+    // A cluster node that is loading answers `LOADING`, which redis-rs waits out and retries.
+    if opts.enable_ready_check && !opts.is_cluster() {
         wait_until_loaded(opts, &mut dialed).await?;
     }
     if let Some(info) = &dialed.server {
@@ -149,46 +166,7 @@ pub(crate) async fn dial(opts: &RedisOptions, on_socket: impl FnOnce()) -> Resul
     Ok(dialed)
 }
 
-/// A cluster connection from the seed nodes. redis-rs routes every command to its slot's
-/// node and follows `MOVED`/`ASK`, retrying `TRYAGAIN`/`CLUSTERDOWN` with backoff; our own
-/// timeouts and reconnects stay in force on top of it.
-async fn dial_cluster(
-    opts: &RedisOptions,
-    seeds: &[(String, u16)],
-    on_socket: impl FnOnce(),
-) -> Result<Dialed> {
-    let nodes: Vec<String> = seeds
-        .iter()
-        .map(|(h, p)| format!("redis://{h}:{p}"))
-        .collect();
-    let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
-        .connection_timeout(opts.connect_timeout)
-        // Blocking commands wait on purpose: the watchdog and command timeouts are ours.
-        .response_timeout(Duration::from_secs(24 * 3600))
-        .retries(8);
-    if let Some(u) = &opts.username {
-        b = b.username(u);
-    }
-    if let Some(p) = &opts.password {
-        b = b.password(p);
-    }
-    let client = b.build().map_err(|e| classify(opts, Step::Auth, e))?;
-    let mut conn = client
-        .get_async_connection()
-        .await
-        .map_err(|e| classify(opts, Step::Auth, e))?;
-    on_socket();
-    let server = read_info(opts, &mut conn).await?;
-    // No driver to watch: losses surface as command errors, which kick the supervisor.
-    let driver = tokio::spawn(std::future::pending::<()>());
-    Ok(Dialed {
-        conn: crate::raw::RawConn::Cluster(conn),
-        driver,
-        server,
-    })
-}
-
-async fn dial_tcp(
+pub(crate) async fn dial_tcp(
     opts: &RedisOptions,
     host: &str,
     port: u16,

@@ -11,6 +11,9 @@
 //!   with the retry strategy and replays `AUTH`, `SELECT` and `CLIENT SETNAME` every time;
 //! * [`BlockingConnection`]: a dedicated connection for blocking commands, never re-sent
 //!   by itself;
+//! * Redis Cluster (`redis+cluster://`): commands follow their slot; when a node dies or a
+//!   failover moves a slot, the cluster client is rebuilt from every node known so far (not
+//!   just the configured seeds) and swapped in while the old one still serves;
 //! * lifecycle events ([`ConnEvent`]) on a bounded broadcast channel;
 //! * server checks when a connection becomes ready (minimum version 6.2, `maxmemory-policy`
 //!   must be `noeviction` unless opted out) and [`Connection::health`];
@@ -35,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod cluster;
 mod dial;
 mod error;
 mod events;

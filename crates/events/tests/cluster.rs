@@ -83,8 +83,8 @@ async fn producer_worker_and_events_on_a_cluster() {
     )
     .await
     .expect("first half completed");
-    // Cluster failover is not covered here yet: after `kill -9` of a master, redis-rs's
-    // cluster connection did not recover within a test's time (see docs/production.md).
+    // Failover under load (CLUSTER FAILOVER, kill -9 of the slot owner) is covered by
+    // `cluster_failover.rs`.
     for out in q.add_bulk(&jobs[150..]).await.expect("second bulk") {
         added.insert(out.id);
     }

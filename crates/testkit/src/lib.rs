@@ -5,6 +5,9 @@
 //!   options. It can be killed with `kill -9` and restarted on the same port and directory,
 //!   and stopped and continued with SIGSTOP and SIGCONT, always by its own PID. It is killed
 //!   on drop.
+//! * [`ClusterTopology`]: a real Redis Cluster of 3 masters and 3 replicas
+//!   (`cluster-node-timeout 2000`), with `kill -9` of a node by its PID, `CLUSTER FAILOVER` on
+//!   a replica, and waits until a slot has a live master again.
 //! * [`FaultProxy`]: a TCP proxy with the modes pass, refuse, reset, black-hole and latency.
 //! * [`FakeServer`]: scripted peers for what a real server cannot show (old versions, a
 //!   port where something that is not Redis answers).
@@ -30,7 +33,7 @@ mod server;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub use cluster::ClusterTopology;
+pub use cluster::{ClusterTopology, CLUSTER_NODE_TIMEOUT_MS};
 pub use fake::{FakeBehaviour, FakeServer};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use sentinel::{SentinelTopology, MASTER_NAME};
