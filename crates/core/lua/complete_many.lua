@@ -27,8 +27,10 @@
     1 key prefix of the queue, with its trailing colon ("bull:q:")
     2 default maxLenEvents
     3 n, the number of jobs
-    4.. n groups of 6: job id, token, return value JSON, keep count (-1 all, 0 delete,
-       n newest), keep age in seconds or "", keep limit per call
+    4.. n groups of 8: job id, token, return value JSON, keep count (-1 all, 0 delete,
+       n newest), keep age in seconds or "", keep limit per call, the job's `atm` and `deid`
+       (or "") as fetched (neither changes while the job is locked, since only a finish
+       changes them and a finish needs the lock)
     then "1" to fetch next jobs (else "0") and the fetch arguments of move_to_active from its
     ARGV[2] on: now, lock duration, limiter max or "", limiter duration or "", worker name or
     "", tokens... (now is always given; it is the finish time)
@@ -38,7 +40,7 @@
 ]]
 local prefix = ARGV[1]
 local n = tonumber(ARGV[3])
-local fetchFlag = 4 + n * 6
+local fetchFlag = 4 + n * 8
 local f = bp_fetch_args(fetchFlag + 1)
 local now = f.now
 local nowText = f.nowText
@@ -56,7 +58,7 @@ local passOrder = {}
 -- Every lock in one read.
 local lockKeys = {}
 for i = 0, n - 1 do
-  lockKeys[i + 1] = prefix .. ARGV[4 + i * 6] .. ":lock"
+  lockKeys[i + 1] = prefix .. ARGV[4 + i * 8] .. ":lock"
 end
 local holders = redis.call("MGET", unpack(lockKeys))
 
@@ -64,16 +66,22 @@ local done = {}
 local doneLocks = {}
 local toComplete = {}
 for i = 0, n - 1 do
-  local a = 4 + i * 6
+  local a = 4 + i * 8
   local jobId = ARGV[a]
   local token = ARGV[a + 1]
   local jobKey = prefix .. jobId
-  local head = redis.call("HMGET", jobKey, "name", "deid", "atm")
+  -- One EXISTS answers "does the job exist, and may it have children": the two children
+  -- keys exist only for a parent job, and every path that deletes a job deletes them with
+  -- it, so when exactly one of the three keys exists it is the job.
+  local present = redis.call("EXISTS", jobKey, jobKey .. ":dependencies",
+    jobKey .. ":unsuccessful")
   local code = 0
-  if not head[1] then
+  if present == 0 then
     code = -1
-  elseif redis.call("EXISTS", jobKey .. ":dependencies", jobKey .. ":unsuccessful") > 0 then
-    if redis.call("SCARD", jobKey .. ":dependencies") > 0 then
+  elseif present > 1 then
+    if redis.call("EXISTS", jobKey) == 0 then
+      code = -1
+    elseif redis.call("SCARD", jobKey .. ":dependencies") > 0 then
       code = -4
     elseif redis.call("ZCARD", jobKey .. ":unsuccessful") > 0 then
       code = -9
@@ -96,7 +104,7 @@ for i = 0, n - 1 do
     if token ~= "0" then
       doneLocks[#doneLocks + 1] = lockKeys[i + 1]
     end
-    toComplete[#toComplete + 1] = { a, jobId, jobKey, head }
+    toComplete[#toComplete + 1] = { a, jobId, jobKey }
   end
 end
 
@@ -111,10 +119,10 @@ end
 
 local kept = {}
 for _, job in ipairs(toComplete) do
-  local a, jobId, jobKey, head = job[1], job[2], job[3], job[4]
+  local a, jobId, jobKey = job[1], job[2], job[3]
   local value = ARGV[a + 2]
-  local deid = head[2]
-  if deid then
+  local deid = ARGV[a + 7]
+  if deid ~= "" then
     local dedupKey = prefix .. "de:" .. deid
     local pttl = redis.call("PTTL", dedupKey)
     if pttl == 0 or (pttl == -1 and redis.call("GET", dedupKey) == jobId) then
@@ -124,7 +132,7 @@ for _, job in ipairs(toComplete) do
       bp_create_stored_job(k, prefix, deid, now, maxEvents)
     end
   end
-  local atm = (tonumber(head[3]) or 0) + 1
+  local atm = (tonumber(ARGV[a + 6]) or 0) + 1
   local keepCount = tonumber(ARGV[a + 3]) or -1
   if keepCount == 0 then
     bp_delete_job_keys(jobKey)

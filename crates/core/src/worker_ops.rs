@@ -107,6 +107,10 @@ pub struct Completion {
     pub return_value_json: String,
     /// The job's retention.
     pub keep: KeepJobs,
+    /// The job's `atm` as fetched (it cannot change while the run holds the lock).
+    pub attempts_made: u32,
+    /// The job's `deid` as fetched, if any.
+    pub dedup_id: Option<String>,
 }
 
 /// What [`complete_many`] did.
@@ -341,7 +345,7 @@ pub async fn complete_many(
     }
     let mut k = fetch_keys(keys);
     k.extend([keys.key("stalled"), keys.key("completed"), keys.key("id")]);
-    let mut args = Vec::with_capacity(10 + jobs.len() * 6 + fetch_next.map_or(0, |f| f.0.len()));
+    let mut args = Vec::with_capacity(10 + jobs.len() * 8 + fetch_next.map_or(0, |f| f.0.len()));
     args.push(keys.base().to_owned());
     args.push(DEFAULT_MAX_LEN_EVENTS.to_string());
     args.push(jobs.len().to_string());
@@ -352,6 +356,8 @@ pub async fn complete_many(
         args.push(j.keep.count.max(-1).to_string());
         args.push(j.keep.age_secs.map(|a| a.to_string()).unwrap_or_default());
         args.push(j.keep.limit.unwrap_or(DEFAULT_KEEP_LIMIT).to_string());
+        args.push(j.attempts_made.to_string());
+        args.push(j.dedup_id.clone().unwrap_or_default());
     }
     match fetch_next {
         Some((tokens, opts)) => {

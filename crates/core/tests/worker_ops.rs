@@ -1410,6 +1410,8 @@ fn completion(id: &str, token: &str, value: &str, keep: KeepJobs) -> worker_ops:
         token: token.to_owned(),
         return_value_json: value.to_owned(),
         keep,
+        attempts_made: 0,
+        dedup_id: None,
     }
 }
 
@@ -1651,4 +1653,72 @@ async fn a_batch_fetch_skips_ghosts_and_legacy_markers_then_falls_back_to_priori
         .filter(|e| e[1] == "active")
         .count();
     assert_eq!(actives, 3);
+}
+
+#[tokio::test]
+async fn complete_many_releases_the_dedup_key_and_counts_from_the_fetched_atm() {
+    let c = setup().await;
+    let id = c
+        .add_with(
+            "d",
+            Add {
+                dedup: Some(("dd".into(), None, "0000")),
+                ..Add::default()
+            },
+        )
+        .await;
+    let job = c.fetch_one("w:1").await;
+    assert_eq!(job.fields["deid"], "dd");
+    assert!(c.exists(&format!("{}de:dd", c.keys.base())).await);
+    // A job on its third attempt: two finished attempts before this one.
+    let _: () = c.q(&["HSET", &c.keys.job(&id), "atm", "2"]).await;
+    let mut one = completion(&id, "w:1", "7", KeepJobs::KEEP_ALL);
+    one.attempts_made = 2;
+    one.dedup_id = Some("dd".into());
+    let done = worker_ops::complete_many(&c.conn, &c.keys, &[one], NOW, None)
+        .await
+        .expect("complete_many");
+    assert_eq!(done.outcomes, vec![Ok(())]);
+    assert!(!c.exists(&format!("{}de:dd", c.keys.base())).await);
+    assert_eq!(c.field(&id, "atm").await.as_deref(), Some("3"));
+}
+
+#[tokio::test]
+async fn complete_many_refuses_a_missing_job_and_a_parent_with_pending_children() {
+    let c = setup().await;
+    let parent = c.add("p").await;
+    c.fetch_one("w:p").await;
+    let _: i64 = c
+        .q(&[
+            "SADD",
+            &c.keys.job_sub(&parent, "dependencies"),
+            "bull:q:child",
+        ])
+        .await;
+    let before = c.hash(&parent).await;
+    let done = worker_ops::complete_many(
+        &c.conn,
+        &c.keys,
+        &[
+            completion(&parent, "w:p", "1", KeepJobs::KEEP_ALL),
+            completion("gone", "w:g", "1", KeepJobs::KEEP_ALL),
+        ],
+        NOW,
+        None,
+    )
+    .await
+    .expect("complete_many");
+    assert_eq!(
+        done.outcomes,
+        vec![
+            Err(RefusalCode::PendingChildren),
+            Err(RefusalCode::JobNotExist)
+        ]
+    );
+    assert_eq!(c.hash(&parent).await, before);
+    assert_eq!(c.list("active").await, vec![parent]);
+    assert!(
+        !c.exists(&c.keys.job("gone")).await,
+        "nothing written for a missing job"
+    );
 }

@@ -11,7 +11,6 @@ use bullpen_conn::redis;
 use bullpen_conn::{BlockingConnection, Connection, RedisOptions};
 use bullpen_core::coalesce::{Coalescer, Route, Runner};
 use bullpen_core::job::Job;
-use bullpen_core::opts::KeepJobs;
 use bullpen_core::script::COMPLETE_MANY;
 use bullpen_core::worker_ops::{self, ActiveJob, FetchOptions};
 use bullpen_core::{QueueKeys, RefusalCode};
@@ -512,6 +511,7 @@ async fn run_job<P: Processor>(
         m.stalled_counter = typed.stalled_counter;
         m.stacktrace = typed.stacktrace.clone();
         m.deferred_failure = typed.deferred_failure.clone();
+        m.deduplication_id = typed.deduplication_id.clone();
         m
     };
     if let Some(reason) = meta.deferred_failure.as_deref() {
@@ -550,7 +550,7 @@ async fn run_job<P: Processor>(
     };
     match result {
         Ok(value) => {
-            return complete(sh, &id, &token, value, &meta.opts.remove_on_complete).await;
+            return complete(sh, &token, value, &meta).await;
         }
         Err(JobError::Failed(reason)) => fail_or_retry(sh, &meta, &token, &reason).await,
         Err(JobError::Unrecoverable(reason)) => fail_final(sh, &meta, &token, &reason).await,
@@ -681,16 +681,21 @@ async fn complete_batch(sh: &Shared, jobs: Vec<worker_ops::Completion>) -> Vec<C
 /// in its place, if any.
 async fn complete(
     sh: &Arc<Shared>,
-    id: &str,
     token: &str,
     value: serde_json::Value,
-    keep: &Option<KeepJobs>,
+    job: &Job<()>,
 ) -> Option<ActiveJob> {
+    let id = job.id.as_str();
     let completion = worker_ops::Completion {
         job_id: id.to_owned(),
         token: token.to_owned(),
         return_value_json: value.to_string(),
-        keep: finish::keep_jobs(keep.as_ref(), sh.opts.remove_on_complete.as_ref()),
+        keep: finish::keep_jobs(
+            job.opts.remove_on_complete.as_ref(),
+            sh.opts.remove_on_complete.as_ref(),
+        ),
+        attempts_made: job.attempts_made,
+        dedup_id: job.deduplication_id.clone(),
     };
     let owner = sh.clone();
     let runner: Runner<worker_ops::Completion, CompletionOutcome> = Arc::new(move |jobs| {
