@@ -782,12 +782,13 @@ async fn fail_or_retry<T>(sh: &Shared, job: &Job<T>, token: &str, reason: &str) 
     report_failure(sh, &job.id, reason, r);
 }
 
+/// Renews the locks of the runs in progress every `lock_renew_time`. It goes on while the
+/// worker closes (the jobs finishing within the grace period still need their locks), until
+/// `close` stops it after handing the rest back.
 async fn renew_loop(sh: Arc<Shared>) {
     let duration = u64::try_from(sh.opts.lock_duration.as_millis()).unwrap_or(u64::MAX);
     loop {
-        if !nap(&sh, sh.opts.lock_renew_time).await {
-            return;
-        }
+        tokio::time::sleep(sh.opts.lock_renew_time).await;
         let locks: Vec<(String, String)> = sh
             .running
             .lock()

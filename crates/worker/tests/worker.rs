@@ -688,3 +688,45 @@ async fn completions_that_would_queue_share_script_calls() {
     }
     worker.close(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locks_are_renewed_during_the_grace_period_of_close() {
+    let server = RedisServer::start().expect("redis-server");
+    let q = queue(&server, "grace").await;
+    let id = q.add("slow", &json!({}), o()).await.expect("add").id;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s2 = started.clone();
+    // The job outlives its lock duration (600 ms) twice over, but ends within the grace.
+    let processor = from_fn(move |_job: Job<Value>, _ctx| {
+        let started = s2.clone();
+        async move {
+            started.notify_one();
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            Ok::<_, JobError>(json!("done"))
+        }
+    });
+    let worker = Worker::start(
+        redis_opts(&server.url()),
+        "grace",
+        processor,
+        test_opts()
+            .lock_duration(Duration::from_millis(600))
+            .build()
+            .expect("opts"),
+    )
+    .await
+    .expect("worker");
+    let mut events = worker.events();
+    started.notified().await;
+    worker.close(Duration::from_secs(10)).await;
+    assert_eq!(
+        q.get_job_state(&id).await.expect("state"),
+        Some(JobState::Completed),
+        "the run that ended within the grace period kept its lock and completed"
+    );
+    let mut lost = false;
+    while let Ok(e) = events.try_recv() {
+        lost |= matches!(e, WorkerEvent::LockLost { .. });
+    }
+    assert!(!lost, "no lock may be lost while closing");
+}
