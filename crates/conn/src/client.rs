@@ -385,9 +385,22 @@ impl Connection {
     /// connection is ready, up to `max_retries_per_request` times (as ioredis does); the
     /// error then says whether the command may have been applied ([`Error::applied`]).
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        self.query_with(cmd, true).await
+    }
+
+    /// Like [`Connection::query`], but a command that may have reached the server before the
+    /// connection broke is not sent again: the call fails with [`Error::ConnectionLost`]
+    /// (applied: unknown). For commands that must not run twice, such as an add with an
+    /// automatic id. A command that surely did not run (no connection yet, or refused by a
+    /// cluster in transition) is still sent again within the usual limits.
+    pub async fn query_at_most_once<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        self.query_with(cmd, false).await
+    }
+
+    async fn query_with<T: FromRedisValue>(&self, cmd: &Cmd, resend: bool) -> Result<T> {
         let name = command_name(cmd.args_iter().next());
         let value = self
-            .run(&name, |mut c| async move {
+            .run(&name, resend, |mut c| async move {
                 cmd.query_async::<Value>(&mut c).await
             })
             .await?;
@@ -402,7 +415,7 @@ impl Connection {
     pub async fn query_pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
         let name = format!("pipeline of {}", pipe.cmd_iter().map(|_| 1).sum::<usize>());
         let value = self
-            .run(&name, |mut c| async move {
+            .run(&name, true, |mut c| async move {
                 pipe.query_async::<Value>(&mut c).await
             })
             .await?;
@@ -438,7 +451,7 @@ impl Connection {
         Ok(Health::new(self.state(), latency, ServerInfo::parse(&text)))
     }
 
-    async fn run<'a, F, Fut>(&self, name: &str, send: F) -> Result<Value>
+    async fn run<'a, F, Fut>(&self, name: &str, resend: bool, send: F) -> Result<Value>
     where
         F: Fn(crate::raw::RawConn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<Value>> + 'a,
@@ -520,6 +533,12 @@ impl Connection {
                 Kick::Broken(link.generation)
             });
             let this = if is_connection_error(&err) {
+                if !resend {
+                    return Err(Error::ConnectionLost {
+                        command: name.to_owned(),
+                        source: err,
+                    });
+                }
                 Error::ConnectionLost {
                     command: name.to_owned(),
                     source: err,

@@ -37,19 +37,47 @@ impl Script {
             .get_or_init(|| redis::Script::new(self.source).get_hash().to_owned())
     }
 
-    /// Runs the script with `keys` and `args`.
+    /// Runs the script with `keys` and `args`. On a lost connection the call is sent again
+    /// once reconnected, as [`Connection::query`] does.
     pub async fn run<T: FromRedisValue>(
         &self,
         conn: &Connection,
         keys: &[String],
         args: &[impl ToRedisArgs],
     ) -> Result<T> {
+        self.run_with(conn, keys, args, true).await
+    }
+
+    /// Runs the script at most once: if the connection breaks after the call may have reached
+    /// the server, the call fails (applied: unknown) instead of being sent again. For scripts
+    /// whose second run would not be a no-op, such as an add with an automatic id.
+    pub async fn run_at_most_once<T: FromRedisValue>(
+        &self,
+        conn: &Connection,
+        keys: &[String],
+        args: &[impl ToRedisArgs],
+    ) -> Result<T> {
+        self.run_with(conn, keys, args, false).await
+    }
+
+    async fn run_with<T: FromRedisValue>(
+        &self,
+        conn: &Connection,
+        keys: &[String],
+        args: &[impl ToRedisArgs],
+        resend: bool,
+    ) -> Result<T> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.sha()).arg(keys.len()).arg(keys);
         for a in args {
             cmd.arg(a);
         }
-        match conn.query::<T>(&cmd).await {
+        let first = if resend {
+            conn.query::<T>(&cmd).await
+        } else {
+            conn.query_at_most_once::<T>(&cmd).await
+        };
+        match first {
             Err(e) if e.server_code() == Some("NOSCRIPT") => {
                 tracing::debug!(script = self.name, "NOSCRIPT: sending the body");
                 let mut eval = redis::cmd("EVAL");
@@ -57,7 +85,12 @@ impl Script {
                 for a in args {
                     eval.arg(a);
                 }
-                conn.query::<T>(&eval).await.map_err(|source| Error::Redis {
+                let second = if resend {
+                    conn.query::<T>(&eval).await
+                } else {
+                    conn.query_at_most_once::<T>(&eval).await
+                };
+                second.map_err(|source| Error::Redis {
                     script: self.name,
                     source,
                 })

@@ -315,7 +315,12 @@ impl Queue {
         for p in prepared {
             args.extend(p.args);
         }
-        let reply: Vec<String> = ADD_JOB.run(&self.conn, &self.add_keys(), &args).await?;
+        // An add must not run twice: after a reply lost to a broken connection the outcome is
+        // reported as unknown rather than the add sent again (which, with an automatic id,
+        // would store a second job).
+        let reply: Vec<String> = ADD_JOB
+            .run_at_most_once(&self.conn, &self.add_keys(), &args)
+            .await?;
         if reply.len() != n * 2 {
             return Err(bullpen_core::Error::ScriptReply {
                 script: ADD_JOB.name(),
