@@ -117,7 +117,8 @@ pub fn run(_args: &[String]) -> Result<()> {
     t.passed += passed;
     t.failed += failed;
 
-    // The fast tier of the integration matrix: every topology with a ledger.
+    // The fast tier of the integration matrix: every topology with a ledger, then the fast
+    // variants of the reliability plan's fault scenarios (about 3 minutes here).
     println!("==> cargo xtask integration (fast tier)");
     let exe = std::env::current_exe().context("locating xtask")?;
     let ok = Command::new(&exe)
