@@ -646,3 +646,62 @@ async fn the_offline_queue_is_bounded() {
             .expect("queued calls complete after the restart");
     }
 }
+
+/// A script that counts its runs, loaded on the server so that calls go as `EVALSHA`.
+async fn counting_script(server: &RedisServer) -> String {
+    let direct = Connection::connect(opts(&server.url()).producer())
+        .await
+        .expect("connect");
+    let sha: String = direct
+        .query(
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg("return redis.call('INCR', KEYS[1])"),
+        )
+        .await
+        .expect("SCRIPT LOAD");
+    direct.close();
+    sha
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_whose_reply_was_lost_is_resent_by_query_but_not_by_query_at_most_once() {
+    let server = RedisServer::start().expect("redis-server");
+    let sha = counting_script(&server).await;
+    let proxy = FaultProxy::start(upstream(&server)).await.expect("proxy");
+    let conn = Connection::connect(opts(&proxy.url()).producer())
+        .await
+        .expect("connect");
+    let call = |key: &str| {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(&sha).arg(1).arg(key);
+        c
+    };
+
+    // At most once: the script ran, the reply was lost, the caller hears "unknown".
+    proxy.set_mode(ProxyMode::drop_reply_to(&sha, 1).expect("mode"));
+    let err = conn
+        .query_at_most_once::<i64>(&call("once"))
+        .await
+        .expect_err("the reply was lost");
+    assert!(
+        matches!(err, Error::ConnectionLost { .. }),
+        "expected ConnectionLost, got {err:?}"
+    );
+    assert_eq!(err.applied(), bullpen_conn::Applied::Unknown);
+    assert_eq!(
+        get(&conn, "once").await.as_deref(),
+        Some("1"),
+        "ran exactly once"
+    );
+
+    // The default: sent again after the reconnect, so it runs twice.
+    proxy.set_mode(ProxyMode::drop_reply_to(&sha, 1).expect("mode"));
+    let n: i64 = conn
+        .query(&call("twice"))
+        .await
+        .expect("resent and answered");
+    assert_eq!(n, 2);
+    assert_eq!(get(&conn, "twice").await.as_deref(), Some("2"));
+    conn.close();
+}

@@ -88,11 +88,6 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Items waiting for a call now.
-    pub fn waiting(&self) -> usize {
-        self.lock().waiting.len()
-    }
-
     /// Decides how `item` (of `weight`, e.g. its size in bytes) goes out; `runner` sends the
     /// batches of items that wait.
     pub fn route(self: &Arc<Self>, item: I, weight: usize, runner: &Runner<I, O>) -> Route<I, O> {
