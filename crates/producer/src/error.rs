@@ -91,3 +91,21 @@ impl From<bullpen_core::job::CorruptJob> for Error {
         Error::Core(e.into())
     }
 }
+
+impl Error {
+    /// Whether the failed call may still have changed Redis. [`Applied::No`]: nothing was
+    /// written, so sending it again is safe. [`Applied::Unknown`]: the call reached Redis (or
+    /// may have) and its reply was lost; an add with an automatic id must then not be blindly
+    /// repeated (it could store a second job), while an add with a custom job id can be (a
+    /// second add of the same id answers `Duplicated`).
+    ///
+    /// [`Applied::No`]: bullpen_conn::Applied::No
+    /// [`Applied::Unknown`]: bullpen_conn::Applied::Unknown
+    pub fn applied(&self) -> bullpen_conn::Applied {
+        match self {
+            Error::Core(bullpen_core::Error::Redis { source, .. }) => source.applied(),
+            Error::Core(bullpen_core::Error::ScriptReply { .. }) => bullpen_conn::Applied::Unknown,
+            _ => bullpen_conn::Applied::No,
+        }
+    }
+}
