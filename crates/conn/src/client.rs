@@ -14,7 +14,7 @@ use crate::error::{EndReason, Error, Result};
 use crate::events::{ConnEvent, ConnState};
 use crate::health::Health;
 use crate::info::ServerInfo;
-use crate::options::RedisOptions;
+use crate::options::{Endpoint, RedisOptions};
 
 /// The connection the supervisor currently offers.
 #[derive(Clone)]
@@ -118,6 +118,12 @@ fn is_connection_error(e: &RedisError) -> bool {
 /// count only on a cluster link: a plain connection to a cluster node cannot follow them,
 /// and must report them instead of sending the command again forever.
 fn is_refused(e: &RedisError, cluster: bool) -> bool {
+    // A master configured with `min-replicas-to-write` refuses writes before running them
+    // while it has too few replicas, as an old master does once a failover has taken its
+    // replica (the Sentinel watch then moves the link to the new master).
+    if e.code() == Some("NOREPLICAS") {
+        return true;
+    }
     match e.kind() {
         ErrorKind::Server(
             ServerErrorKind::TryAgain | ServerErrorKind::ClusterDown | ServerErrorKind::MasterDown,
@@ -754,8 +760,24 @@ async fn supervise(shared: Arc<Shared>, mut kicks: mpsc::Receiver<Kick>) {
                 last_error = None;
                 let mut current = d.conn;
                 let mut driver = d.driver;
+                let master = d.master;
                 generation += 1;
                 publish(&shared, generation, &current, d.server);
+                // Sentinel: resolves when the sentinels name another master, so that a link
+                // to a master that a failover left behind is dropped at once.
+                let moved = async {
+                    match (&opts.endpoint, &master) {
+                        (
+                            Endpoint::Sentinel {
+                                sentinels,
+                                master_name,
+                            },
+                            Some(at),
+                        ) => crate::sentinel::master_moved(opts, sentinels, master_name, at).await,
+                        _ => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(moved);
                 let mut last_refresh: Option<Instant> = None;
                 let mut refresh_interval = MIN_REFRESH_INTERVAL;
                 // Why a cluster client could not be rebuilt, when that ended the link.
@@ -763,6 +785,10 @@ async fn supervise(shared: Arc<Shared>, mut kicks: mpsc::Receiver<Kick>) {
                 let closed = loop {
                     tokio::select! {
                         _ = &mut driver => break false,
+                        why = &mut moved => {
+                            tracing::warn!(target_addr = %target, reason = %why, "master moved; reconnecting");
+                            break false;
+                        }
                         kick = kicks.recv() => match kick {
                             None | Some(Kick::Close) => break true,
                             Some(Kick::Broken(g)) if g == generation => break false,

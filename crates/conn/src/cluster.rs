@@ -308,6 +308,7 @@ pub(crate) async fn dial_cluster(
         conn: crate::raw::RawConn::Cluster(conn),
         driver,
         server,
+        master: None,
     })
 }
 

@@ -22,6 +22,8 @@ pub(crate) struct Dialed {
     pub driver: JoinHandle<()>,
     /// `None` when `INFO` is not permitted for this user.
     pub server: Option<ServerInfo>,
+    /// Sentinel endpoints: the master address the sentinels gave and `ROLE` confirmed.
+    pub master: Option<(String, u16)>,
 }
 
 /// The handshake step a reply belongs to, which decides how its error is classified.
@@ -138,6 +140,7 @@ pub(crate) async fn dial(
                     crate::sentinel::master_address(opts, sentinels, master_name).await?;
                 let mut dialed = dial_tcp(opts, &host, port, on_socket).await?;
                 crate::sentinel::check_role(opts, &mut dialed.conn, &host, port).await?;
+                dialed.master = Some((host, port));
                 Ok(dialed)
             }
         }
@@ -253,6 +256,7 @@ where
             conn: crate::raw::RawConn::Single(conn),
             driver,
             server,
+            master: None,
         }),
         Err(e) => {
             driver.abort();

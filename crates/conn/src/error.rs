@@ -275,6 +275,7 @@ impl Error {
     pub fn server_code(&self) -> Option<&str> {
         match self {
             Error::Server { source, .. } => source.code(),
+            Error::MaxRetriesPerRequest { last, .. } => last.server_code(),
             _ => None,
         }
     }

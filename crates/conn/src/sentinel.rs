@@ -2,6 +2,7 @@
 //! master. Runs on every (re)connect, so a failover is followed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisConnectionInfo};
@@ -114,4 +115,124 @@ pub(crate) async fn check_role(
     } else {
         Err(lost(opts, format!("the sentinels named {host}:{port}, but it is a `{first}`, not a master (a failover is in progress?)")))
     }
+}
+
+/// How often a ready connection asks the sentinels where the master is, besides listening for
+/// their failover announcements: the safety net for a missed announcement (the announcing
+/// connection broke, or the sentinel that ran the failover is not the one listened to).
+const MASTER_POLL: Duration = Duration::from_secs(2);
+
+/// Sentinel failover announcements after which the master address may have changed:
+/// `+promoted-slave` and `+failover-state-reconf-slaves` come as soon as the replica has been
+/// promoted, `+switch-master` at the end of the failover.
+const FAILOVER_CHANNELS: [&str; 3] = [
+    "+promoted-slave",
+    "+failover-state-reconf-slaves",
+    "+switch-master",
+];
+
+/// Resolves, with a description, once the sentinels name a master other than `current`.
+///
+/// A failover started with `SENTINEL FAILOVER` (or one after which the old master stays
+/// reachable) leaves the old master running as a master for seconds after the sentinels have
+/// promoted its replica; connections made before the failover would go on writing to it, and
+/// those writes are discarded when it is turned into a replica. So a ready connection listens
+/// to the sentinels' failover announcements and checks the address again whenever one comes
+/// (and every [`MASTER_POLL`] in any case); the supervisor drops the link when this resolves,
+/// and the next dial follows the sentinels to the new master.
+pub(crate) async fn master_moved(
+    opts: &RedisOptions,
+    sentinels: &[(String, u16)],
+    master: &str,
+    current: &(String, u16),
+) -> String {
+    let mut announcements = None;
+    let mut next_sentinel = 0usize;
+    let mut poll = tokio::time::interval(MASTER_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if announcements.is_none() && !sentinels.is_empty() {
+            let (host, port) = &sentinels[next_sentinel % sentinels.len()];
+            next_sentinel += 1;
+            match subscribe(opts, host, *port).await {
+                Ok(stream) => announcements = Some(stream),
+                Err(e) => {
+                    tracing::debug!(sentinel = %format!("{host}:{port}"), error = %e, "cannot listen to sentinel announcements; polling");
+                }
+            }
+        }
+        let announced = async {
+            match announcements.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = announced => match msg {
+                Some(m) => {
+                    let text: String = m.get_payload().unwrap_or_default();
+                    if !text.split_whitespace().any(|w| w == master) {
+                        continue;
+                    }
+                    tracing::debug!(channel = m.get_channel_name(), %text, "sentinel announcement");
+                }
+                // The sentinel went away: listen to the next one (and check the address now).
+                None => announcements = None,
+            },
+            _ = poll.tick() => {}
+        }
+        let asked = tokio::time::timeout(
+            opts.connect_timeout,
+            master_address(opts, sentinels, master),
+        );
+        if let Ok(Ok((host, port))) = asked.await {
+            if (host.as_str(), port) != (current.0.as_str(), current.1) {
+                return format!(
+                    "the sentinels moved master `{master}` from {}:{} to {host}:{port}",
+                    current.0, current.1
+                );
+            }
+        }
+    }
+}
+
+/// A subscription to a sentinel's failover announcements.
+struct Announcements {
+    /// Kept so that the subscription stays as it is while the stream is read.
+    _sink: redis::aio::PubSubSink,
+    stream: redis::aio::PubSubStream,
+}
+
+impl Announcements {
+    async fn next(&mut self) -> Option<redis::Msg> {
+        futures_util::StreamExt::next(&mut self.stream).await
+    }
+}
+
+async fn subscribe(
+    opts: &RedisOptions,
+    host: &str,
+    port: u16,
+) -> std::result::Result<Announcements, String> {
+    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let mut info = RedisConnectionInfo::default().set_skip_set_lib_name();
+    if let Some(pw) = &opts.sentinel_password {
+        info = info.set_password(pw);
+    }
+    let pubsub = tokio::time::timeout(opts.connect_timeout, async {
+        let mut p = redis::aio::PubSub::new(&info, stream).await?;
+        p.subscribe(&FAILOVER_CHANNELS[..]).await?;
+        Ok::<_, redis::RedisError>(p)
+    })
+    .await
+    .map_err(|_| "subscribe timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let (sink, stream) = pubsub.split();
+    Ok(Announcements {
+        _sink: sink,
+        stream,
+    })
 }

@@ -87,3 +87,116 @@ async fn unknown_master_names_and_dead_sentinels_are_clear_errors() {
         .await
         .expect("the second sentinel answers");
 }
+
+/// `SENTINEL FAILOVER` leaves the old master running as a master for seconds after its
+/// replica was promoted (until the sentinels turn it into a replica). A connection made
+/// before the failover must leave it as soon as the sentinels name the new master, not when
+/// the old one is demoted: writes it acknowledges meanwhile are discarded at the demotion.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sentinel_failover_moves_ready_connections_before_the_old_master_is_demoted() {
+    let topo = SentinelTopology::start().expect("sentinel topology");
+    let opts = RedisOptions::from_url(&topo.url())
+        .expect("sentinel url")
+        .worker()
+        .with_retry_strategy(fast_retry());
+    let conn = Connection::connect(opts).await.expect("connect");
+    let port_of = |conn: Connection| async move {
+        let v: Vec<String> = conn
+            .query(redis::cmd("CONFIG").arg("GET").arg("port"))
+            .await
+            .expect("CONFIG GET port");
+        v[1].parse::<u16>().expect("port")
+    };
+    let old = topo.master.port();
+    assert_eq!(port_of(conn.clone()).await, old);
+    let reply = topo
+        .ask_sentinel(&["SENTINEL", "FAILOVER", "mymaster"])
+        .expect("SENTINEL FAILOVER");
+    assert!(reply.contains("OK"), "SENTINEL FAILOVER answered {reply}");
+    let new = topo.replica.port();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let at = port_of(conn.clone()).await;
+        if at == new {
+            break;
+        }
+        assert_eq!(at, old, "the connection is on an unknown server");
+        assert!(
+            Instant::now() < deadline,
+            "the connection never left the old master"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The connection moved because the sentinels said so: the old master has not been turned
+    // into a replica yet (which would also have closed the connection).
+    let role = topo
+        .master
+        .admin(&["ROLE"])
+        .expect("ROLE of the old master");
+    println!("moved to {new}; the old master's ROLE is now: {role}");
+    assert!(
+        role.starts_with("master"),
+        "the connection only moved once the old master was demoted: {role}"
+    );
+}
+
+/// A master with `min-replicas-to-write` and no replica refuses writes before running them
+/// (`NOREPLICAS`), as an old master does once a failover took its replica: the worker preset
+/// sends the write again with backoff until it is accepted, the producer preset fails within
+/// its deadline with an error that says the write was refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_refused_with_noreplicas_are_sent_again_by_waiting_callers() {
+    let server = bullpen_testkit::RedisServer::start().expect("redis-server");
+    server
+        .admin(&["CONFIG", "SET", "min-replicas-to-write", "1"])
+        .expect("CONFIG SET");
+    let producer = Connection::connect(
+        RedisOptions::from_url(&server.url())
+            .expect("url")
+            .producer(),
+    )
+    .await
+    .expect("producer");
+    let err = producer
+        .query::<()>(redis::cmd("SET").arg("k").arg("p"))
+        .await
+        .expect_err("refused while there is no replica");
+    assert_eq!(err.server_code(), Some("NOREPLICAS"), "{err}");
+    let worker = Connection::connect(
+        RedisOptions::from_url(&server.url())
+            .expect("url")
+            .worker()
+            .with_retry_strategy(fast_retry()),
+    )
+    .await
+    .expect("worker");
+    let write = tokio::spawn(async move {
+        worker
+            .query::<()>(redis::cmd("SET").arg("k").arg("w"))
+            .await
+            .map(|()| worker)
+    });
+    // The write keeps being refused (and retried) until the server accepts writes again.
+    let refusals = || {
+        server
+            .info_field("errorstat_NOREPLICAS")
+            .expect("INFO")
+            .and_then(|v| v.strip_prefix("count=").and_then(|n| n.parse::<u64>().ok()))
+            .unwrap_or(0)
+    };
+    let before = refusals();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refusals() < before + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting write was not retried"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!write.is_finished(), "the waiting write gave up");
+    server
+        .admin(&["CONFIG", "SET", "min-replicas-to-write", "0"])
+        .expect("CONFIG SET");
+    let worker = write.await.expect("task").expect("the write went through");
+    assert_eq!(get(&worker, "k").await.as_deref(), Some("w"));
+}

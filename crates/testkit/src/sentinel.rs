@@ -110,6 +110,11 @@ impl SentinelTopology {
         format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
     }
 
+    /// Sends one command to the first sentinel (e.g. `SENTINEL FAILOVER mymaster`).
+    pub fn ask_sentinel(&self, args: &[&str]) -> io::Result<String> {
+        ask(self.sentinels[0].0, args)
+    }
+
     /// The master's port as the first sentinel reports it now.
     pub fn current_master_port(&self) -> io::Result<u16> {
         let r = ask(

@@ -28,7 +28,10 @@ fn sentinel(port: u16, args: &[&str]) -> Result<String> {
 /// D1: Sentinel (1 master, 1 replica, 3 sentinels) failover under load, by `kill -9` of
 /// the master (`kill`) or by `SENTINEL FAILOVER`. Work resumes within 10 s after the
 /// sentinels name the new master; nothing is completed twice by the server. Loss is
-/// measured after a kill (asynchronous replication) and must be 0 after `SENTINEL FAILOVER`.
+/// measured after a kill (asynchronous replication). After `SENTINEL FAILOVER` (with
+/// `min-replicas-to-write 1` on the master, as docs/production.md advises) it is measured
+/// and must stay within the adds in flight at the promotion (before the Sentinel watch, the
+/// old master silently took about 10 s of writes).
 pub async fn d1(ctx: &Ctx, name: &str, kill: bool) -> Result<Outcome> {
     let mut topo = blocking(SentinelTopology::start)?;
     // The topology is up once the sentinels know it, which is before the replica's first
@@ -42,10 +45,24 @@ pub async fn d1(ctx: &Ctx, name: &str, kill: bool) -> Result<Outcome> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let synced_in = start.elapsed();
+    if !kill {
+        // What docs/production.md advises for Sentinel: a master that has lost its replica
+        // refuses writes (NOREPLICAS, not applied) instead of acknowledging writes that the
+        // failover will discard. With it, the writes sent to the old master between the
+        // promotion of its replica and the moment the clients follow the sentinels are
+        // refused and sent again to the new master, so `SENTINEL FAILOVER` loses nothing.
+        blocking(|| {
+            topo.master
+                .admin(&["CONFIG", "SET", "min-replicas-to-write", "1"])
+                .map(drop)
+        })?;
+    }
     let url = topo.url();
     let mut sc = Scene::new(ctx, name, TP)?;
     sc.start_workers(&url, 2, 8).await?;
-    let producer = sc.producer(ProducerSpec::new(&url, ctx.pick(100.0, 250.0)))?;
+    let spec = ProducerSpec::new(&url, ctx.pick(100.0, 250.0));
+    let in_flight = spec.in_flight;
+    let producer = sc.producer(spec)?;
     sc.wait_acks(ctx.pick(150, 1_000), Duration::from_secs(30))
         .await?;
     let old = blocking(|| topo.current_master_port())?;
@@ -89,7 +106,10 @@ pub async fn d1(ctx: &Ctx, name: &str, kill: bool) -> Result<Outcome> {
     }
     tokio::time::sleep(quiet(ctx)).await;
     let mut opts = sc.check_opts();
-    opts.measured_loss = kill;
+    // `SENTINEL FAILOVER` does not pause writers: an add acknowledged by the old master just
+    // before its replica was promoted, and not yet replicated, is lost (asynchronous
+    // replication). So the loss is measured here too, and bounded by the adds in flight.
+    opts.measured_loss = true;
     opts.failover = true;
     opts.events_complete = !kill;
     let s = sc.settle(Some(producer), &url, &opts).await?;
@@ -101,7 +121,16 @@ pub async fn d1(ctx: &Ctx, name: &str, kill: bool) -> Result<Outcome> {
         switched.saturating_sub(t0),
         synced_in.as_secs_f64()
     ));
-    v.standard(m, kill);
+    v.standard(m, true);
+    if !kill {
+        v.require(
+            m.lost <= in_flight,
+            format!(
+                "{} acknowledged jobs lost, more than the {in_flight} adds that can be in flight at the promotion (e.g. {:?})",
+                m.lost, m.lost_examples
+            ),
+        );
+    }
     v.resume(
         "first completion after the failover",
         resume,
@@ -116,7 +145,7 @@ pub async fn d1(ctx: &Ctx, name: &str, kill: bool) -> Result<Outcome> {
             ),
         );
         v.note(format!(
-            "the old master was demoted {} after the sentinels named the new one; until then it accepted writes, and connections made before the failover stayed on it",
+            "the old master was demoted {} after the sentinels named the new one (connections follow the sentinels' announcement instead of waiting for it)",
             demoted.map_or("not within 20 s".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
         ));
     }

@@ -185,10 +185,9 @@ pub const CATALOGUE: &[(&str, bool)] = &[
     ("c1", true),
     ("c2", true),
     ("d1a", true),
-    // SENTINEL FAILOVER: bullpen-conn does not follow a coordinated switch until the old
-    // master is demoted, so writes in between are lost (docs/production.md). Full tier only,
-    // where it fails and is reported, until the client watches +switch-master.
-    ("d1b", false),
+    // SENTINEL FAILOVER: connections follow the sentinels' announcement, and the old master
+    // (min-replicas-to-write 1) refuses writes once its replica is promoted: 0 lost.
+    ("d1b", true),
     ("d2a", true),
     ("d2b", false),
     ("d4", true),
