@@ -117,7 +117,7 @@ async fn load(
     // before the listener reads them (the full tier adds more than maxLenEvents allows) are
     // reported as a gap. `Beginning` would take whatever is left as the start.
     let mut events = QueueEvents::new(
-        base.blocking().with_retry_strategy(quick_retry()),
+        base.clone().blocking().with_retry_strategy(quick_retry()),
         queue,
         QueueEventsOptions::default()
             .start(StartAt::Now)
@@ -237,11 +237,14 @@ async fn load(
     if seen < n && gaps == 0 {
         bail!("the events listener saw {seen} of {n} completions and reported no gap");
     }
+    // The same topology, the functional suites (job kinds, getters, admin, worker order and
+    // retries, the events a listener gets).
+    let suites = crate::suites::run(&base, prefix, quick_retry()).await?;
     Ok((
         lost,
         twice,
         resume,
-        format!("events: {seen} completions seen, {gaps} gaps reported"),
+        format!("events: {seen} completions seen, {gaps} gaps reported; {suites}"),
     ))
 }
 

@@ -14,6 +14,7 @@ mod integration;
 mod interop;
 mod redis_install;
 mod scenarios;
+mod suites;
 mod test;
 
 use anyhow::{bail, Result};

@@ -3,7 +3,8 @@
 //! `doctor` checks a Redis server as a production guide would; `add`, `stats`, `job`, `jobs`,
 //! `pause`, `resume`, `drain`, `clean`, `obliterate`, `retry`, `promote`, `work` and `events`
 //! work on BullMQ queues. Every queue command takes `--url` (or
-//! `BULLPEN_URL`) and `--prefix`.
+//! `BULLPEN_URL`) and `--prefix`; every command takes `--tls-ca`, `--tls-cert` and
+//! `--tls-key` for `rediss://` URLs.
 
 mod doctor;
 mod events_cmd;
@@ -11,6 +12,7 @@ mod queue_cmd;
 mod work_cmd;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -30,7 +32,8 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct QueueArgs {
-    /// Server URL (redis://, rediss://, redis+unix://).
+    /// Server URL: redis://, rediss://, redis+unix:///path, redis+sentinel://h:p,h:p/master
+    /// or redis+cluster://h:p,h:p (docs/connections.md).
     #[arg(
         long,
         env = "BULLPEN_URL",
@@ -41,6 +44,57 @@ struct QueueArgs {
     /// Key prefix of the queues.
     #[arg(long, default_value = "bull", global = true)]
     prefix: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS files for a `rediss://` URL (the same as its `tls_ca`, `tls_cert` and `tls_key`
+/// parameters).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// CA certificate (PEM) the server's certificate must chain to (rediss:// only).
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that require mutual TLS (rediss:// only).
+    #[arg(long, global = true)]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate (rediss:// only).
+    #[arg(long, global = true)]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// `url` with the files as query parameters, so that every command reads them through
+    /// `RedisOptions::from_url` (which refuses them on anything but `rediss://`).
+    fn apply(&self, url: String) -> String {
+        let mut url = url;
+        for (key, path) in [
+            ("tls_ca", &self.tls_ca),
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+        ] {
+            if let Some(path) = path {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str(key);
+                url.push('=');
+                url.push_str(&query_escape(&path.to_string_lossy()));
+            }
+        }
+        url
+    }
+}
+
+/// Percent-encodes everything in `s` but unreserved characters and `/`.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[derive(Subcommand)]
@@ -245,9 +299,12 @@ enum Command {
     /// Check a Redis server for production use: version, eviction policy, role,
     /// persistence, maxclients and latency. Exits non-zero if any check fails.
     Doctor {
-        /// Server URL (redis://, rediss://, redis+unix://).
+        /// Server URL: redis://, rediss://, redis+unix:///path, redis+sentinel://h:p,h:p/master
+        /// or redis+cluster://h:p,h:p (docs/connections.md).
         #[arg(long, env = "BULLPEN_URL", default_value = "redis://127.0.0.1:6379")]
         url: String,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
@@ -262,7 +319,7 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let target = |t: QueueArgs| queue_cmd::Target {
-        url: t.url,
+        url: t.tls.apply(t.url),
         prefix: t.prefix,
     };
     let result = match cli.command {
@@ -399,8 +456,8 @@ async fn main() -> ExitCode {
         } => events_cmd::events(&target(t), &queue, from, json)
             .await
             .map(|()| true),
-        Command::Doctor { url } => {
-            return match run_doctor(&url).await {
+        Command::Doctor { url, tls } => {
+            return match run_doctor(&tls.apply(url)).await {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("bullpen doctor: {e}");

@@ -201,3 +201,55 @@ fn bad_input_gets_clear_errors_and_writes_nothing() {
         "{keys}"
     );
 }
+
+#[test]
+fn tls_flags_reach_the_connection() {
+    let server = RedisServer::builder()
+        .tls(true)
+        .start()
+        .expect("redis-server with mutual TLS");
+    let (ca, cert, key) = server.tls_files();
+    let url = format!(
+        "rediss://127.0.0.1:{}",
+        server.tls_port().expect("tls port")
+    );
+    let (ca, cert, key) = (
+        ca.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    let tls = [
+        "--tls-ca",
+        ca.as_str(),
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+    ];
+    let mut add = vec!["add", "secure", "hello", "{}"];
+    add.extend(tls);
+    assert_eq!(ok(&url, &add).trim(), "1");
+    let mut stats = vec!["stats", "secure", "--json"];
+    stats.extend(tls);
+    let counts: Value = serde_json::from_str(&ok(&url, &stats)).expect("stats JSON");
+    assert_eq!(counts["counts"]["waiting"], 1, "{counts}");
+    let mut doctor = vec!["doctor"];
+    doctor.extend(tls);
+    let (code, out, err) = bullpen(&url, &doctor, None);
+    assert!(
+        out.contains("maxmemory-policy"),
+        "doctor reached the server over TLS (exit {code}): {out}{err}"
+    );
+    // Without the client certificate the server refuses the handshake: a clear error.
+    let (code, _, err) = bullpen(&url, &["stats", "secure", "--tls-ca", ca.as_str()], None);
+    assert_ne!(code, 0);
+    assert!(!err.is_empty(), "an error is printed");
+    // TLS files on a plain URL are refused before connecting.
+    let (code, _, err) = bullpen(
+        &format!("redis://127.0.0.1:{}", server.port()),
+        &["stats", "secure", "--tls-ca", ca.as_str()],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("rediss://"), "{err}");
+}
