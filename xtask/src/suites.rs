@@ -112,6 +112,19 @@ async fn state(q: &Queue, id: &str) -> Result<Option<JobState>> {
     Ok(q.get_job_state(id).await?)
 }
 
+/// Fails with `what` unless job `id` is in state `want`.
+async fn expect_state(q: &Queue, id: &str, want: JobState, what: &str) -> Result<()> {
+    let got = state(q, id).await?;
+    ensure!(got == Some(want), "{what}: {got:?}");
+    Ok(())
+}
+
+fn with_priority(priority: u32) -> JobOptions {
+    let mut o = opts();
+    o.priority = priority;
+    o
+}
+
 async fn producer_suite(q: &Queue) -> Result<SuiteIds> {
     // Standard, custom id (and its duplicate), delayed then promoted, prioritized, LIFO.
     let std_job = q.add("std", &json!({"k": 1}), opts()).await?;
@@ -120,10 +133,13 @@ async fn producer_suite(q: &Queue) -> Result<SuiteIds> {
         "std: {:?}",
         std_job.status
     );
-    ensure!(
-        state(q, &std_job.id).await? == Some(JobState::Waiting),
-        "a standard job is waiting"
-    );
+    expect_state(
+        q,
+        &std_job.id,
+        JobState::Waiting,
+        "a standard job is waiting",
+    )
+    .await?;
     let mut custom = opts();
     custom.job_id = Some("custom-1".into());
     let first = q.add("custom", &json!(1), custom.clone()).await?;
@@ -146,26 +162,19 @@ async fn producer_suite(q: &Queue) -> Result<SuiteIds> {
     let mut delayed = opts();
     delayed.delay_ms = 60_000;
     let later = q.add("later", &json!({}), delayed).await?;
-    ensure!(
-        state(q, &later.id).await? == Some(JobState::Delayed),
-        "a delayed job is delayed"
-    );
+    expect_state(q, &later.id, JobState::Delayed, "a delayed job is delayed").await?;
     q.promote(&later.id).await?;
-    ensure!(
-        state(q, &later.id).await? == Some(JobState::Waiting),
-        "a promoted job is waiting"
-    );
+    expect_state(q, &later.id, JobState::Waiting, "a promoted job is waiting").await?;
 
-    let mut p3 = opts();
-    p3.priority = 3;
-    let p3 = q.add("p3", &json!({}), p3).await?;
-    let mut p1 = opts();
-    p1.priority = 1;
-    let p1 = q.add("p1", &json!({}), p1).await?;
-    ensure!(
-        state(q, &p1.id).await? == Some(JobState::Prioritized),
-        "a job with a priority is prioritized"
-    );
+    let p3 = q.add("p3", &json!({}), with_priority(3)).await?;
+    let p1 = q.add("p1", &json!({}), with_priority(1)).await?;
+    expect_state(
+        q,
+        &p1.id,
+        JobState::Prioritized,
+        "a job with a priority is prioritized",
+    )
+    .await?;
     let per_priority = q.get_counts_per_priority(&[1, 3, 7]).await?;
     ensure!(
         per_priority == BTreeMap::from([(1, 1), (3, 1), (7, 0)]),
