@@ -18,28 +18,38 @@ fn lost(opts: &RedisOptions, detail: String) -> Error {
     }
 }
 
-async fn ask_one(
-    opts: &RedisOptions,
-    host: &str,
-    port: u16,
-    master: &str,
-) -> std::result::Result<Option<(String, u16)>, String> {
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = RedisConnectionInfo::default().set_skip_set_lib_name();
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(None)
-        .set_connection_timeout(None);
-    let (mut conn, driver) = MultiplexedConnection::new_with_config(&info, stream, config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(driver);
-    let result = async {
+/// An open, authenticated connection to one sentinel; its driver stops when it is dropped.
+struct SentinelLink {
+    conn: MultiplexedConnection,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SentinelLink {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl SentinelLink {
+    async fn open(opts: &RedisOptions, host: &str, port: u16) -> std::result::Result<Self, String> {
+        let stream = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let info = RedisConnectionInfo::default().set_skip_set_lib_name();
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(None);
+        let (conn, driver) = MultiplexedConnection::new_with_config(&info, stream, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut link = Self {
+            conn,
+            driver: tokio::spawn(driver),
+        };
         if let Some(pw) = &opts.sentinel_password {
             redis::cmd("AUTH")
                 .arg(pw)
-                .query_async::<()>(&mut conn)
+                .query_async::<()>(&mut link.conn)
                 .await
                 .map_err(|e| {
                     format!(
@@ -48,10 +58,18 @@ async fn ask_one(
                     )
                 })?;
         }
+        Ok(link)
+    }
+
+    /// `SENTINEL GET-MASTER-ADDR-BY-NAME master`: `None` when this sentinel does not know it.
+    async fn master_of(
+        &mut self,
+        master: &str,
+    ) -> std::result::Result<Option<(String, u16)>, String> {
         let addr: Option<(String, String)> = redis::cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
             .arg(master)
-            .query_async(&mut conn)
+            .query_async(&mut self.conn)
             .await
             .map_err(|e| e.to_string())?;
         match addr {
@@ -62,9 +80,18 @@ async fn ask_one(
             None => Ok(None),
         }
     }
-    .await;
-    driver.abort();
-    result
+}
+
+async fn ask_one(
+    opts: &RedisOptions,
+    host: &str,
+    port: u16,
+    master: &str,
+) -> std::result::Result<Option<(String, u16)>, String> {
+    SentinelLink::open(opts, host, port)
+        .await?
+        .master_of(master)
+        .await
 }
 
 /// Asks the sentinels, in order, for the address of `master`.
@@ -147,6 +174,7 @@ pub(crate) async fn master_moved(
     current: &(String, u16),
 ) -> String {
     let mut announcements = None;
+    let mut poller: Option<SentinelLink> = None;
     let mut next_sentinel = 0usize;
     let mut poll = tokio::time::interval(MASTER_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -181,11 +209,28 @@ pub(crate) async fn master_moved(
             },
             _ = poll.tick() => {}
         }
-        let asked = tokio::time::timeout(
-            opts.connect_timeout,
-            master_address(opts, sentinels, master),
-        );
-        if let Ok(Ok((host, port))) = asked.await {
+        // Asked on one kept connection to a sentinel (opened again, on the first sentinel
+        // that answers, when it fails), so that the poll costs no connection churn.
+        let asked = tokio::time::timeout(opts.connect_timeout, async {
+            if poller.is_none() {
+                for (host, port) in sentinels {
+                    if let Ok(link) = SentinelLink::open(opts, host, *port).await {
+                        poller = Some(link);
+                        break;
+                    }
+                }
+            }
+            let link = poller.as_mut()?;
+            match link.master_of(master).await {
+                Ok(addr) => addr,
+                Err(_) => {
+                    poller = None;
+                    None
+                }
+            }
+        })
+        .await;
+        if let Ok(Some((host, port))) = asked {
             if (host.as_str(), port) != (current.0.as_str(), current.1) {
                 return format!(
                     "the sentinels moved master `{master}` from {}:{} to {host}:{port}",

@@ -59,7 +59,8 @@ pub async fn d1(ctx: &Ctx, name: &str, kill: bool) -> Result<Outcome> {
     }
     let url = topo.url();
     let mut sc = Scene::new(ctx, name, TP)?;
-    sc.start_workers(&url, 2, 8).await?;
+    let (workers, concurrency) = (2, 8);
+    sc.start_workers(&url, workers, concurrency).await?;
     let spec = ProducerSpec::new(&url, ctx.pick(100.0, 250.0));
     let in_flight = spec.in_flight;
     let producer = sc.producer(spec)?;
@@ -137,10 +138,14 @@ pub async fn d1(ctx: &Ctx, name: &str, kill: bool) -> Result<Outcome> {
         FAILOVER_RESUME_BOUND,
     );
     if !kill {
+        // The same window for completions: one acknowledged by the old master just before
+        // the promotion and not yet replicated is lost, and its job runs again (an extra run,
+        // never a second completion). At most the jobs that were running.
+        let running = workers * concurrency;
         v.require(
-            m.twice_after_loss == 0,
+            m.twice_after_loss <= running,
             format!(
-                "{} completions acknowledged by the old master were lost and the jobs ran again",
+                "{} completions acknowledged by the old master were lost and the jobs ran again, more than the {running} jobs that can be running",
                 m.twice_after_loss
             ),
         );
