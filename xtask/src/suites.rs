@@ -89,6 +89,8 @@ pub async fn run(
     }
     .await;
     collector.abort();
+    // Best effort: the queue is named for the suite and the server is the cell's own, so a
+    // failed clean-up (say, a command outside a restricted ACL user's list) hides nothing.
     let _ = q.obliterate(true).await;
     conn.close();
     result?;
@@ -105,6 +107,7 @@ struct SuiteIds {
     p3: String,
     flaky: String,
     bad: String,
+    /// Every job the producer suite left waiting or prioritized.
     to_run: usize,
 }
 
@@ -246,7 +249,7 @@ async fn producer_suite(q: &Queue) -> Result<SuiteIds> {
         p3: p3.id,
         flaky: flaky.id,
         bad: bad.id,
-        to_run: 9,
+        to_run: (waiting + prioritized) as usize,
     })
 }
 

@@ -77,24 +77,13 @@ impl TlsArgs {
                 url.push(if url.contains('?') { '&' } else { '?' });
                 url.push_str(key);
                 url.push('=');
-                url.push_str(&query_escape(&path.to_string_lossy()));
+                url.extend(url::form_urlencoded::byte_serialize(
+                    path.to_string_lossy().as_bytes(),
+                ));
             }
         }
         url
     }
-}
-
-/// Percent-encodes everything in `s` but unreserved characters and `/`.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[derive(Subcommand)]

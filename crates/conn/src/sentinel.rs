@@ -30,11 +30,21 @@ impl Drop for SentinelLink {
     }
 }
 
+/// Opens a TCP connection to a sentinel within `connect_timeout`.
+async fn connect(
+    opts: &RedisOptions,
+    host: &str,
+    port: u16,
+) -> std::result::Result<TcpStream, String> {
+    tokio::time::timeout(opts.connect_timeout, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
 impl SentinelLink {
     async fn open(opts: &RedisOptions, host: &str, port: u16) -> std::result::Result<Self, String> {
-        let stream = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream = connect(opts, host, port).await?;
         let info = RedisConnectionInfo::default().set_skip_set_lib_name();
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(None)
@@ -259,10 +269,7 @@ async fn subscribe(
     host: &str,
     port: u16,
 ) -> std::result::Result<Announcements, String> {
-    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let stream = connect(opts, host, port).await?;
     let mut info = RedisConnectionInfo::default().set_skip_set_lib_name();
     if let Some(pw) = &opts.sentinel_password {
         info = info.set_password(pw);

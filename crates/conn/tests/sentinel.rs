@@ -200,3 +200,43 @@ async fn writes_refused_with_noreplicas_are_sent_again_by_waiting_callers() {
     let worker = write.await.expect("task").expect("the write went through");
     assert_eq!(get(&worker, "k").await.as_deref(), Some("w"));
 }
+
+/// The watch asks the sentinels where the master is every couple of seconds; it must do so on
+/// a connection it keeps, not on a new connection per question: one client of the first
+/// sentinel asks `GET-MASTER-ADDR-BY-NAME` again and again over more than two poll periods.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sentinel_watch_polls_on_one_kept_connection() {
+    let topo = SentinelTopology::start().expect("sentinel topology");
+    let conn = Connection::connect(
+        RedisOptions::from_url(&topo.url())
+            .expect("sentinel url")
+            .worker()
+            .with_retry_strategy(fast_retry()),
+    )
+    .await
+    .expect("connect");
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kept = loop {
+        let clients = topo.ask_sentinel(&["CLIENT", "LIST"]).expect("CLIENT LIST");
+        let poller = clients.lines().find(|l| {
+            l.contains("get-master-addr-by-name")
+                && field(l, "age").is_some_and(|age| age >= 5)
+                && field(l, "idle").is_some_and(|idle| idle <= 3)
+        });
+        if let Some(line) = poller {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sentinel client kept asking for the master for 5 s: {clients}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("the watch's poll connection: {kept}");
+    conn.ping().await.expect("the connection is still up");
+}

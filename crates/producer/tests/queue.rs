@@ -627,3 +627,51 @@ async fn a_corrupt_job_is_reported_by_id_and_does_not_hide_others() {
         json!({"age": 3600, "count": 10})
     );
 }
+
+/// `Error::applied` against a real server: an add whose reply a fault proxy drops after
+/// Redis ran it is `Unknown` (and stored once: never sent again), a refused add is `No`.
+#[tokio::test(flavor = "multi_thread")]
+async fn applied_tells_a_lost_reply_from_a_refusal() {
+    use bullpen_conn::Applied;
+    use bullpen_testkit::{FaultProxy, ProxyMode};
+    let server = RedisServer::start().expect("redis-server");
+    let upstream = format!("127.0.0.1:{}", server.port())
+        .parse()
+        .expect("address");
+    let proxy = FaultProxy::start(upstream).await.expect("proxy");
+    let conn = Connection::connect(
+        RedisOptions::from_url(&proxy.url())
+            .expect("url")
+            .producer(),
+    )
+    .await
+    .expect("connect");
+    let q = Queue::new(conn.clone(), "q", QueueOptions::default())
+        .await
+        .expect("queue");
+    // The first add loads the script, so that the next one is an EVALSHA the proxy matches.
+    q.add("first", &json!(1), JobOptions::default())
+        .await
+        .expect("add");
+    proxy.set_mode(ProxyMode::drop_reply_to(bullpen_core::script::ADD_JOB.sha(), 1).expect("mode"));
+    let err = q
+        .add("second", &json!(2), JobOptions::default())
+        .await
+        .expect_err("the reply was dropped");
+    assert_eq!(err.applied(), Applied::Unknown, "{err}");
+    proxy.set_mode(ProxyMode::Pass);
+    let counts = q.get_job_counts().await.expect("counts");
+    assert_eq!(
+        counts[&JobState::Waiting],
+        2,
+        "the add ran once: {counts:?}"
+    );
+
+    let mut bad = JobOptions::default();
+    bad.attempts = Some(0);
+    let err = q
+        .add("refused", &json!(3), bad)
+        .await
+        .expect_err("attempts 0 is refused");
+    assert_eq!(err.applied(), Applied::No, "{err}");
+}

@@ -186,7 +186,8 @@ pub const CATALOGUE: &[(&str, bool)] = &[
     ("c2", true),
     ("d1a", true),
     // SENTINEL FAILOVER: connections follow the sentinels' announcement, and the old master
-    // (min-replicas-to-write 1) refuses writes once its replica is promoted: 0 lost.
+    // (min-replicas-to-write 1) refuses writes once its replica is promoted; loss measured,
+    // bounded by the replication window.
     ("d1b", true),
     ("d2a", true),
     ("d2b", false),
