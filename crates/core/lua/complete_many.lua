@@ -28,15 +28,15 @@
     2 default maxLenEvents
     3 n, the number of jobs
     4.. n groups of 8: job id, token, return value JSON, keep count (-1 all, 0 delete,
-       n newest), keep age in seconds or "", keep limit per call, the job's `atm` and `deid`
-       (or "") as fetched (neither changes while the job is locked, since only a finish
-       changes them and a finish needs the lock)
+       n newest), keep age in seconds or "", keep limit per call, the job's new `atm` (its
+       `atm` as fetched + 1) and its `deid` as fetched (or ""); neither changes while the job
+       is locked, since only a finish changes them and a finish needs the lock
     then "1" to fetch next jobs (else "0") and the fetch arguments of move_to_active from its
     ARGV[2] on: now, lock duration, limiter max or "", limiter duration or "", worker name or
     "", tokens... (now is always given; it is the finish time)
-  Reply: { {code per job: 0 done or a negative code}, fetch reply of move_to_active (or
-    {0, "", 0} when no fetch was asked) }; `drained` is emitted as move_to_finished does,
-    when at least one job was completed.
+  Reply: one flat array: n codes (0 done, or a negative code), then the fetch reply of
+    move_to_active (or 0, "", 0 when no fetch was asked); `drained` is emitted as
+    move_to_finished does, when at least one job was completed.
 ]]
 local prefix = ARGV[1]
 local n = tonumber(ARGV[3])
@@ -55,36 +55,50 @@ local codes = {}
 local passes = {}
 local passOrder = {}
 
--- Every lock in one read.
+-- Every lock in one read. Existence and children: for the whole call in two EXISTS when
+-- every job exists and none has children (the usual case), else one EXISTS per job. The two
+-- children keys exist only for a parent job, and every path that deletes a job deletes them
+-- with it, so when exactly one of a job's three keys exists it is the job.
+local jobKeys = {}
 local lockKeys = {}
+local childKeys = {}
 for i = 0, n - 1 do
-  lockKeys[i + 1] = prefix .. ARGV[4 + i * 8] .. ":lock"
+  local jobKey = prefix .. ARGV[4 + i * 8]
+  jobKeys[i + 1] = jobKey
+  lockKeys[i + 1] = jobKey .. ":lock"
+  childKeys[2 * i + 1] = jobKey .. ":dependencies"
+  childKeys[2 * i + 2] = jobKey .. ":unsuccessful"
 end
-local holders = redis.call("MGET", unpack(lockKeys))
+local holders = {}
+local allPlain = false
+if n > 0 then
+  holders = redis.call("MGET", unpack(lockKeys))
+  allPlain = redis.call("EXISTS", unpack(jobKeys)) == n
+    and redis.call("EXISTS", unpack(childKeys)) == 0
+end
 
 local done = {}
 local doneLocks = {}
-local toComplete = {}
+local doneArg = {}
+local doneKey = {}
 for i = 0, n - 1 do
   local a = 4 + i * 8
   local jobId = ARGV[a]
   local token = ARGV[a + 1]
-  local jobKey = prefix .. jobId
-  -- One EXISTS answers "does the job exist, and may it have children": the two children
-  -- keys exist only for a parent job, and every path that deletes a job deletes them with
-  -- it, so when exactly one of the three keys exists it is the job.
-  local present = redis.call("EXISTS", jobKey, jobKey .. ":dependencies",
-    jobKey .. ":unsuccessful")
+  local jobKey = jobKeys[i + 1]
   local code = 0
-  if present == 0 then
-    code = -1
-  elseif present > 1 then
-    if redis.call("EXISTS", jobKey) == 0 then
+  if not allPlain then
+    local present = redis.call("EXISTS", jobKey, childKeys[2 * i + 1], childKeys[2 * i + 2])
+    if present == 0 then
       code = -1
-    elseif redis.call("SCARD", jobKey .. ":dependencies") > 0 then
-      code = -4
-    elseif redis.call("ZCARD", jobKey .. ":unsuccessful") > 0 then
-      code = -9
+    elseif present > 1 then
+      if redis.call("EXISTS", jobKey) == 0 then
+        code = -1
+      elseif redis.call("SCARD", childKeys[2 * i + 1]) > 0 then
+        code = -4
+      elseif redis.call("ZCARD", childKeys[2 * i + 2]) > 0 then
+        code = -9
+      end
     end
   end
   if code == 0 and token ~= "0" then
@@ -95,7 +109,8 @@ for i = 0, n - 1 do
       code = -6
     end
   end
-  if code == 0 and redis.call("LREM", k.active, -1, jobId) == 0 then
+  -- Numbers given to redis.call are formatted with printf; the count goes as text.
+  if code == 0 and redis.call("LREM", k.active, "-1", jobId) == 0 then
     code = -3
   end
   codes[i + 1] = code
@@ -104,7 +119,8 @@ for i = 0, n - 1 do
     if token ~= "0" then
       doneLocks[#doneLocks + 1] = lockKeys[i + 1]
     end
-    toComplete[#toComplete + 1] = { a, jobId, jobKey }
+    doneArg[#doneArg + 1] = a
+    doneKey[#doneKey + 1] = jobKey
   end
 end
 
@@ -118,8 +134,9 @@ if #done > 0 then
 end
 
 local kept = {}
-for _, job in ipairs(toComplete) do
-  local a, jobId, jobKey = job[1], job[2], job[3]
+local lastCount, lastAge, lastLimit
+for j, a in ipairs(doneArg) do
+  local jobId, jobKey = ARGV[a], doneKey[j]
   local value = ARGV[a + 2]
   local deid = ARGV[a + 7]
   if deid ~= "" then
@@ -132,18 +149,21 @@ for _, job in ipairs(toComplete) do
       bp_create_stored_job(k, prefix, deid, now, maxEvents)
     end
   end
-  local atm = (tonumber(ARGV[a + 6]) or 0) + 1
-  local keepCount = tonumber(ARGV[a + 3]) or -1
-  if keepCount == 0 then
+  local count, age, limit = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  if count == "0" then
     bp_delete_job_keys(jobKey)
   else
     kept[#kept + 1] = nowText
     kept[#kept + 1] = jobId
-    redis.call("HSET", jobKey, "returnvalue", value, "finishedOn", nowText, "atm", atm)
-    local pass = ARGV[a + 3] .. "|" .. ARGV[a + 4] .. "|" .. ARGV[a + 5]
-    if not passes[pass] then
-      passes[pass] = { keepCount, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]) or 1000 }
-      passOrder[#passOrder + 1] = pass
+    redis.call("HSET", jobKey, "returnvalue", value, "finishedOn", nowText, "atm", ARGV[a + 6])
+    -- Jobs of one call mostly share their retention: parse a setting once per change.
+    if count ~= lastCount or age ~= lastAge or limit ~= lastLimit then
+      lastCount, lastAge, lastLimit = count, age, limit
+      local pass = count .. "|" .. age .. "|" .. limit
+      if not passes[pass] then
+        passes[pass] = { tonumber(count) or -1, tonumber(age), tonumber(limit) or 1000 }
+        passOrder[#passOrder + 1] = pass
+      end
     end
   end
   redis.call("XADD", k.events, "*", "event", "completed", "jobId", jobId, "returnvalue", value,
@@ -174,13 +194,15 @@ for _, name in ipairs(passOrder) do
   end
 end
 
-local reply = { 0, "", 0 }
+-- One flat reply: the codes, then the fetch reply (its header at codes + 1).
 if ARGV[fetchFlag] == "1" then
-  reply = bp_fetch(k, prefix, f)
+  bp_fetch(k, prefix, f, codes)
+else
+  codes[n + 1], codes[n + 2], codes[n + 3] = 0, "", 0
 end
-if maxEvents and #reply == 3 and reply[1] == 0 and reply[2] == "" and reply[3] == 0
-  and redis.call("LLEN", k.wait) == 0 and redis.call("LLEN", k.active) == 0
-  and redis.call("ZCARD", k.prioritized) == 0 then
+if maxEvents and #codes == n + 3 and codes[n + 1] == 0 and codes[n + 2] == ""
+  and codes[n + 3] == 0 and redis.call("LLEN", k.wait) == 0
+  and redis.call("LLEN", k.active) == 0 and redis.call("ZCARD", k.prioritized) == 0 then
   redis.call("XADD", k.events, "*", "event", "drained")
 end
-return { codes, reply }
+return codes

@@ -268,8 +268,20 @@ fn as_int(v: &Value) -> Option<i64> {
     }
 }
 
-/// Reads the fetch reply `{ttl, nextDelayedScore, pausedOrMaxed, {id, token, {k, v, ...}}...}`.
-fn parse_fetched(script: &Script, items: &[Value]) -> Result<Fetched> {
+/// What a fetch was asked with: the tokens (the i-th activated job holds the i-th), the
+/// time and the worker name, from which the activation's own writes are known.
+#[derive(Clone, Copy)]
+struct FetchAsked<'a> {
+    tokens: &'a [String],
+    now_ms: u64,
+    worker_name: Option<&'a str>,
+}
+
+/// Reads the flat fetch reply `ttl, nextDelayedScore, pausedOrMaxed, (id, n, k1, v1, ...)...`.
+/// The fields are the job hash as read before activation; the activation's writes
+/// (`processedOn`, `pb` when named, `ats` + 1) are applied here as the script applied them
+/// to the hash, so each job's fields are its hash after activation.
+fn parse_fetched(script: &Script, items: &[Value], asked: FetchAsked<'_>) -> Result<Fetched> {
     if items.len() < 3 {
         return Err(bad_reply(
             script,
@@ -287,34 +299,31 @@ fn parse_fetched(script: &Script, items: &[Value]) -> Result<Fetched> {
         Some(score::due_of_delayed(s))
     };
     let paused = as_int(&items[2]).ok_or_else(|| bad_reply(script, "paused flag"))?;
-    let mut jobs = Vec::with_capacity(items.len() - 3);
-    for item in &items[3..] {
-        let Value::Array(parts) = item else {
-            return Err(bad_reply(script, "job entry is not an array"));
-        };
-        let [id, token, fields] = parts.as_slice() else {
-            return Err(bad_reply(script, "job entry does not have 3 parts"));
-        };
+    let mut jobs = Vec::new();
+    let mut rest = &items[3..];
+    while let [id, count, tail @ ..] = rest {
         let id = as_text(id).ok_or_else(|| bad_reply(script, "job id"))?;
-        let token = as_text(token).ok_or_else(|| bad_reply(script, "job token"))?;
-        let flat = match fields {
-            Value::Array(flat) => flat.as_slice(),
-            Value::Nil => &[],
-            _ => return Err(bad_reply(script, "job fields are not an array")),
-        };
-        let mut map = HashMap::with_capacity(flat.len() / 2);
-        for pair in flat.chunks(2) {
-            if let [k, v] = pair {
-                let k = as_text(k).ok_or_else(|| bad_reply(script, "field name"))?;
-                let v = as_text(v).ok_or_else(|| bad_reply(script, "field value"))?;
-                map.insert(k, v);
-            }
+        let count = as_int(count)
+            .and_then(|c| usize::try_from(c).ok())
+            .filter(|c| c % 2 == 0 && *c <= tail.len())
+            .ok_or_else(|| bad_reply(script, format!("field count of job {id}")))?;
+        let token = asked
+            .tokens
+            .get(jobs.len())
+            .ok_or_else(|| bad_reply(script, "more jobs than tokens"))?
+            .clone();
+        let mut fields = HashMap::with_capacity(count / 2 + 3);
+        for pair in tail[..count].chunks_exact(2) {
+            let k = as_text(&pair[0]).ok_or_else(|| bad_reply(script, "field name"))?;
+            let v = as_text(&pair[1]).ok_or_else(|| bad_reply(script, "field value"))?;
+            fields.insert(k, v);
         }
-        jobs.push(ActiveJob {
-            id,
-            token,
-            fields: map,
-        });
+        apply_activation(&mut fields, asked);
+        jobs.push(ActiveJob { id, token, fields });
+        rest = &tail[count..];
+    }
+    if !rest.is_empty() {
+        return Err(bad_reply(script, "a job entry is cut short"));
     }
     Ok(Fetched {
         jobs,
@@ -322,6 +331,28 @@ fn parse_fetched(script: &Script, items: &[Value]) -> Result<Fetched> {
         next_due_ms,
         paused_or_maxed: paused != 0,
     })
+}
+
+/// The activation's writes, as `bp_activate_fields` makes them: `processedOn` = now, `pb` =
+/// the worker name when there is one, `ats` = the stored number + 1 (1 when absent or not a
+/// number; Lua's `tostring` of a whole number has no fraction).
+fn apply_activation(fields: &mut HashMap<String, String>, asked: FetchAsked<'_>) {
+    let ats = match fields.get("ats").and_then(|t| t.trim().parse::<f64>().ok()) {
+        Some(n) if n.is_finite() => {
+            let next = n + 1.0;
+            if next.fract() == 0.0 && next.abs() < 1e15 {
+                format!("{}", next as i64)
+            } else {
+                next.to_string()
+            }
+        }
+        _ => "1".to_owned(),
+    };
+    fields.insert("ats".to_owned(), ats);
+    fields.insert("processedOn".to_owned(), asked.now_ms.to_string());
+    if let Some(name) = asked.worker_name {
+        fields.insert("pb".to_owned(), name.to_owned());
+    }
 }
 
 /// Completes several active jobs in one script call, then fetches up to `tokens.len()` next
@@ -356,7 +387,7 @@ pub async fn complete_many(
         args.push(j.keep.count.max(-1).to_string());
         args.push(j.keep.age_secs.map(|a| a.to_string()).unwrap_or_default());
         args.push(j.keep.limit.unwrap_or(DEFAULT_KEEP_LIMIT).to_string());
-        args.push(j.attempts_made.to_string());
+        args.push((u64::from(j.attempts_made) + 1).to_string());
         args.push(j.dedup_id.clone().unwrap_or_default());
     }
     match fetch_next {
@@ -370,18 +401,16 @@ pub async fn complete_many(
         }
     }
     let reply: Value = COMPLETE_MANY.run(conn, &k, &args).await?;
-    let Value::Array(parts) = reply else {
+    let Value::Array(items) = reply else {
         return Err(bad_reply(&COMPLETE_MANY, "expected an array"));
     };
-    let [Value::Array(codes), Value::Array(fetch)] = parts.as_slice() else {
-        return Err(bad_reply(&COMPLETE_MANY, "expected {codes, fetch reply}"));
-    };
-    if codes.len() != jobs.len() {
+    if items.len() < jobs.len() {
         return Err(bad_reply(
             &COMPLETE_MANY,
-            format!("expected {} codes, got {}", jobs.len(), codes.len()),
+            format!("expected {} codes, got {} entries", jobs.len(), items.len()),
         ));
     }
+    let (codes, fetch) = items.split_at(jobs.len());
     let outcomes = codes
         .iter()
         .map(|c| match as_int(c) {
@@ -392,8 +421,20 @@ pub async fn complete_many(
         .collect::<Result<Vec<_>>>()?;
     Ok(CompletedMany {
         outcomes,
-        fetched: parse_fetched(&COMPLETE_MANY, fetch)?,
+        fetched: parse_fetched(&COMPLETE_MANY, fetch, asked(fetch_next, now_ms))?,
     })
+}
+
+/// What a fetch-next was asked with (no tokens when none was asked).
+fn asked<'a>(fetch_next: Option<(&'a [String], &'a FetchOptions)>, now_ms: u64) -> FetchAsked<'a> {
+    FetchAsked {
+        tokens: fetch_next.map_or(&[], |(tokens, _)| tokens),
+        now_ms,
+        // The script treats an empty name as none.
+        worker_name: fetch_next
+            .and_then(|(_, opts)| opts.worker_name.as_deref())
+            .filter(|name| !name.is_empty()),
+    }
 }
 
 /// The keys every fetch uses, in the order of `move_to_active.lua`.
@@ -433,7 +474,9 @@ pub async fn move_to_active(
     opts.push_args(&mut args, now_ms, tokens);
     let reply: Value = MOVE_TO_ACTIVE.run(conn, &fetch_keys(keys), &args).await?;
     match reply {
-        Value::Array(items) => parse_fetched(&MOVE_TO_ACTIVE, &items),
+        Value::Array(items) => {
+            parse_fetched(&MOVE_TO_ACTIVE, &items, asked(Some((tokens, opts)), now_ms))
+        }
         other => Err(bad_reply(
             &MOVE_TO_ACTIVE,
             format!("expected an array, got {other:?}"),
@@ -511,7 +554,7 @@ pub async fn move_to_finished(
     let reply: Value = MOVE_TO_FINISHED.run(conn, &k, &args).await?;
     match reply {
         Value::Int(code) if code < 0 => Err(refused(&MOVE_TO_FINISHED, job_id, code)),
-        Value::Array(items) => parse_fetched(&MOVE_TO_FINISHED, &items),
+        Value::Array(items) => parse_fetched(&MOVE_TO_FINISHED, &items, asked(fetch_next, now_ms)),
         other => Err(bad_reply(
             &MOVE_TO_FINISHED,
             format!("expected an array or a negative code, got {other:?}"),
@@ -681,38 +724,106 @@ mod tests {
 
     #[test]
     fn parses_fetch_replies() {
-        let empty = parse_fetched(&MOVE_TO_ACTIVE, &[Value::Int(0), bulk(""), Value::Int(0)])
-            .expect("parses");
+        let tokens = ["w:1".to_owned(), "w:2".to_owned()];
+        let asked = FetchAsked {
+            tokens: &tokens,
+            now_ms: 1_000,
+            worker_name: Some("rw"),
+        };
+        let empty = parse_fetched(
+            &MOVE_TO_ACTIVE,
+            &[Value::Int(0), bulk(""), Value::Int(0)],
+            asked,
+        )
+        .expect("parses");
         assert!(empty.is_empty());
 
         let due = parse_fetched(
             &MOVE_TO_ACTIVE,
             &[Value::Int(0), bulk("7353654436179969"), Value::Int(0)],
+            asked,
         )
         .expect("parses");
         assert_eq!(due.next_due_ms, Some(1_795_325_790_083));
 
-        let one = parse_fetched(
+        let two = parse_fetched(
             &MOVE_TO_ACTIVE,
             &[
                 Value::Int(250),
                 bulk(""),
                 Value::Int(1),
-                Value::Array(vec![
-                    bulk("7"),
-                    bulk("w:1"),
-                    Value::Array(vec![bulk("name"), bulk("n"), bulk("ats"), bulk("1")]),
-                ]),
+                bulk("7"),
+                Value::Int(4),
+                bulk("name"),
+                bulk("n"),
+                bulk("ats"),
+                bulk("2"),
+                bulk("8"),
+                Value::Int(2),
+                bulk("name"),
+                bulk("m"),
             ],
+            asked,
         )
         .expect("parses");
-        assert_eq!(one.rate_limit_ttl_ms, 250);
-        assert!(one.paused_or_maxed);
-        assert_eq!(one.jobs[0].id, "7");
-        assert_eq!(one.jobs[0].token, "w:1");
-        assert_eq!(one.jobs[0].fields["ats"], "1");
+        assert_eq!(two.rate_limit_ttl_ms, 250);
+        assert!(two.paused_or_maxed);
+        let ids: Vec<_> = two
+            .jobs
+            .iter()
+            .map(|j| (j.id.as_str(), j.token.as_str()))
+            .collect();
+        assert_eq!(ids, [("7", "w:1"), ("8", "w:2")]);
+        // The activation's writes are applied: ats + 1, processedOn, pb.
+        assert_eq!(two.jobs[0].fields["ats"], "3");
+        assert_eq!(two.jobs[1].fields["ats"], "1");
+        assert_eq!(two.jobs[1].fields["processedOn"], "1000");
+        assert_eq!(two.jobs[1].fields["pb"], "rw");
+        assert_eq!(two.jobs[1].fields["name"], "m");
 
-        assert!(parse_fetched(&MOVE_TO_ACTIVE, &[Value::Int(0)]).is_err());
+        // Too short, an odd or overlong field count, more jobs than tokens.
+        for bad in [
+            vec![Value::Int(0)],
+            vec![
+                Value::Int(0),
+                bulk(""),
+                Value::Int(0),
+                bulk("7"),
+                Value::Int(3),
+                bulk("a"),
+                bulk("b"),
+                bulk("c"),
+            ],
+            vec![
+                Value::Int(0),
+                bulk(""),
+                Value::Int(0),
+                bulk("7"),
+                Value::Int(4),
+                bulk("a"),
+                bulk("b"),
+            ],
+            vec![Value::Int(0), bulk(""), Value::Int(0), bulk("7")],
+        ] {
+            assert!(
+                parse_fetched(&MOVE_TO_ACTIVE, &bad, asked).is_err(),
+                "{bad:?}"
+            );
+        }
+        let one_token = FetchAsked {
+            tokens: &tokens[..1],
+            ..asked
+        };
+        let two_jobs = [
+            Value::Int(0),
+            bulk(""),
+            Value::Int(0),
+            bulk("7"),
+            Value::Int(0),
+            bulk("8"),
+            Value::Int(0),
+        ];
+        assert!(parse_fetched(&MOVE_TO_ACTIVE, &two_jobs, one_token).is_err());
     }
 
     #[test]

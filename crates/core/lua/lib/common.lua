@@ -166,41 +166,27 @@ local function bp_take_next(k, prefix)
 end
 
 -- Activation of a job whose fields `flat` (HGETALL) were just read: sets processedOn, pb
--- (when named) and ats + 1 in the hash with one HSET and in `flat` the same way (appending
--- absent fields as HSET does). Returns whether the job carries `defa`.
+-- (when named) and ats + 1 with one HSET. `flat` is left as read: the caller applies the
+-- same three fields to its copy. Returns whether the job carries `defa`.
 local function bp_activate_fields(jobKey, flat, nowText, name)
-  local atsAt, onAt, pbAt, defa = nil, nil, nil, false
+  local ats, defa = "1", false
   for i = 1, #flat, 2 do
     local field = flat[i]
     if field == "ats" then
-      atsAt = i + 1
-    elseif field == "processedOn" then
-      onAt = i + 1
-    elseif field == "pb" then
-      pbAt = i + 1
+      -- tostring formats with printf; "1" (a first attempt) needs no formatting.
+      local started = tonumber(flat[i + 1])
+      if started then
+        ats = tostring(started + 1)
+      end
     elseif field == "defa" then
       defa = true
     end
   end
-  local ats = tostring((atsAt and tonumber(flat[atsAt]) or 0) + 1)
   if name then
     redis.call("HSET", jobKey, "processedOn", nowText, "pb", name, "ats", ats)
   else
     redis.call("HSET", jobKey, "processedOn", nowText, "ats", ats)
   end
-  local function put(at, field, value)
-    if at then
-      flat[at] = value
-    else
-      flat[#flat + 1] = field
-      flat[#flat + 1] = value
-    end
-  end
-  put(onAt, "processedOn", nowText)
-  if name then
-    put(pbAt, "pb", name)
-  end
-  put(atsAt, "ats", ats)
   return defa
 end
 
@@ -208,10 +194,13 @@ end
 -- k: wait, active, prioritized, events, limiter, delayed, meta, pc, marker.
 -- f: now (number), nowText, tokens (list), lockDuration, limMax, limDuration (numbers or
 -- nil), name (string or nil).
--- Returns {rateLimitTtl, nextDelayedScoreText or "", pausedOrMaxed 0/1, {id, token, fields}...}
--- where fields is the job hash after activation (read before the activation's own writes,
--- which are applied to the list as they are to the hash).
-local function bp_fetch(k, prefix, f)
+-- Appends to `out` (a new table when nil) and returns it, as one flat list: rateLimitTtl,
+-- nextDelayedScoreText or "", pausedOrMaxed 0/1, then per activated job, in the order of
+-- the tokens (the i-th job holds the i-th token): its id, the number of fields read, and
+-- the fields as HGETALL read them before the activation's own writes (processedOn, pb when
+-- named, ats + 1; the caller knows them and applies them). Flat because every nested table
+-- costs Redis a separate reply node and several lookups when it converts the reply.
+local function bp_fetch(k, prefix, f, out)
   local meta = redis.call("HMGET", k.meta, "paused", "concurrency", "max", "duration")
   local paused = meta[1] ~= false
   local concurrency = tonumber(meta[2])
@@ -226,7 +215,10 @@ local function bp_fetch(k, prefix, f)
     maxJobs = nil
   end
 
-  local reply = { 0, "", 0 }
+  local reply = out or {}
+  local base = #reply
+  reply[base + 1], reply[base + 2], reply[base + 3] = 0, "", 0
+  local fetched = 0
   local ranOut = false
   local function activate(id, token, flat)
     local jobKey = prefix .. id
@@ -240,7 +232,13 @@ local function bp_fetch(k, prefix, f)
         redis.call("PEXPIRE", k.limiter, math.floor(duration))
       end
     end
-    reply[#reply + 1] = { id, token, flat }
+    local r = #reply
+    reply[r + 1] = id
+    reply[r + 2] = #flat
+    for i = 1, #flat do
+      reply[r + 2 + i] = flat[i]
+    end
+    fetched = fetched + 1
   end
 
   -- Without a limiter, a global concurrency or a pause nothing can stop the batch part way,
@@ -249,7 +247,7 @@ local function bp_fetch(k, prefix, f)
   local tokens = f.tokens
   local first = 1
   if #tokens > 1 and not maxJobs and concurrency == nil and not paused then
-    local popped = redis.call("RPOP", k.wait, #tokens)
+    local popped = redis.call("RPOP", k.wait, tostring(#tokens))
     if popped then
       local taken = {}
       for _, id in ipairs(popped) do
@@ -284,13 +282,13 @@ local function bp_fetch(k, prefix, f)
           redis.call("DEL", k.limiter)
         end
         if ttl > 0 then
-          reply[1] = ttl
+          reply[base + 1] = ttl
           break
         end
       end
     end
     if paused or maxed() then
-      reply[3] = 1
+      reply[base + 3] = 1
       break
     end
     local id, flat = bp_take_next(k, prefix)
@@ -300,13 +298,13 @@ local function bp_fetch(k, prefix, f)
     end
     activate(id, token, flat)
   end
-  if #reply > 3 then
-    redis.call("ZADD", k.marker, 0, "0")
+  if fetched > 0 then
+    redis.call("ZADD", k.marker, "0", "0")
   end
   if ranOut then
     local head = redis.call("ZRANGE", k.delayed, 0, 0, "WITHSCORES")
     if head[2] then
-      reply[2] = head[2]
+      reply[base + 2] = head[2]
     end
   end
   return reply
