@@ -56,7 +56,8 @@ local passes = {}
 local passOrder = {}
 
 -- Every lock in one read. Existence and children: for the whole call in two EXISTS when
--- every job exists and none has children (the usual case), else one EXISTS per job. The two
+-- every job exists and none has children (the usual case), else (or for a single job) one
+-- EXISTS per job. The two
 -- children keys exist only for a parent job, and every path that deletes a job deletes them
 -- with it, so when exactly one of a job's three keys exists it is the job.
 local jobKeys = {}
@@ -73,6 +74,8 @@ local holders = {}
 local allPlain = false
 if n > 0 then
   holders = redis.call("MGET", unpack(lockKeys))
+end
+if n > 1 then
   allPlain = redis.call("EXISTS", unpack(jobKeys)) == n
     and redis.call("EXISTS", unpack(childKeys)) == 0
 end
@@ -124,8 +127,17 @@ for i = 0, n - 1 do
   end
 end
 
+local fetching = ARGV[fetchFlag] == "1"
+local meta = nil
 if #done > 0 then
-  maxEvents = bp_max_events(k.meta, ARGV[2])
+  -- When a fetch follows, one read of meta serves both.
+  if fetching then
+    meta = redis.call("HMGET", k.meta, "paused", "concurrency", "max", "duration",
+      "opts.maxLenEvents")
+    maxEvents = meta[5] or ARGV[2]
+  else
+    maxEvents = bp_max_events(k.meta, ARGV[2])
+  end
   redis.call("XTRIM", k.events, "MAXLEN", "~", maxEvents)
   if #doneLocks > 0 then
     redis.call("DEL", unpack(doneLocks))
@@ -195,8 +207,8 @@ for _, name in ipairs(passOrder) do
 end
 
 -- One flat reply: the codes, then the fetch reply (its header at codes + 1).
-if ARGV[fetchFlag] == "1" then
-  bp_fetch(k, prefix, f, codes)
+if fetching then
+  bp_fetch(k, prefix, f, codes, meta)
 else
   codes[n + 1], codes[n + 2], codes[n + 3] = 0, "", 0
 end

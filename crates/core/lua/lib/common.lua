@@ -200,8 +200,11 @@ end
 -- the fields as HGETALL read them before the activation's own writes (processedOn, pb when
 -- named, ats + 1; the caller knows them and applies them). Flat because every nested table
 -- costs Redis a separate reply node and several lookups when it converts the reply.
-local function bp_fetch(k, prefix, f, out)
-  local meta = redis.call("HMGET", k.meta, "paused", "concurrency", "max", "duration")
+--
+-- `meta` is HMGET meta paused concurrency max duration (more fields may follow), when the
+-- caller has read it already; nil to have it read here.
+local function bp_fetch(k, prefix, f, out, meta)
+  meta = meta or redis.call("HMGET", k.meta, "paused", "concurrency", "max", "duration")
   local paused = meta[1] ~= false
   local concurrency = tonumber(meta[2])
   local function maxed()
