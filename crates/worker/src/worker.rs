@@ -54,6 +54,59 @@ struct Running {
     stale: bool,
 }
 
+/// The runs in progress: by token, and the live (newest) run of each job id, so that
+/// tracking a run and finding a job's live run do not scan every run.
+#[derive(Default)]
+struct Runs {
+    by_token: HashMap<String, Running>,
+    live: HashMap<String, String>,
+}
+
+impl Runs {
+    fn len(&self) -> usize {
+        self.by_token.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Running)> {
+        self.by_token.iter()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Running> {
+        self.by_token.values()
+    }
+
+    /// Adds a run; the job's previous live run here, if any, becomes stale and is cancelled.
+    fn add(&mut self, token: &str, id: &str, cancel: CancellationToken) {
+        if let Some(older) = self.live.insert(id.to_owned(), token.to_owned()) {
+            if let Some(run) = self.by_token.get_mut(&older) {
+                run.stale = true;
+                run.cancel.cancel();
+            }
+        }
+        self.by_token.insert(
+            token.to_owned(),
+            Running {
+                id: id.to_owned(),
+                cancel,
+                stale: false,
+            },
+        );
+    }
+
+    fn remove(&mut self, token: &str) {
+        if let Some(run) = self.by_token.remove(token) {
+            if self.live.get(&run.id).is_some_and(|t| t == token) {
+                self.live.remove(&run.id);
+            }
+        }
+    }
+
+    /// The live run of job `id`.
+    fn live_run(&self, id: &str) -> Option<&Running> {
+        self.live.get(id).and_then(|t| self.by_token.get(t))
+    }
+}
+
 struct Shared {
     keys: QueueKeys,
     conn: Connection,
@@ -62,7 +115,7 @@ struct Shared {
     events: EventSender,
     concurrency: watch::Sender<usize>,
     /// Runs in progress, by token.
-    running: Mutex<HashMap<String, Running>>,
+    running: Mutex<Runs>,
     slot_freed: Notify,
     closing: CancellationToken,
     worker_id: String,
@@ -148,7 +201,7 @@ impl Worker {
             blocking,
             events: EventSender::new(opts.event_capacity),
             concurrency: watch::channel(opts.concurrency).0,
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(Runs::default()),
             slot_freed: Notify::new(),
             closing: CancellationToken::new(),
             worker_id,
@@ -414,18 +467,7 @@ async fn fetch_loop<P: Processor>(sh: Arc<Shared>, processor: Arc<P>) {
 fn track(sh: &Shared, job: &ActiveJob) -> CancellationToken {
     let cancel = CancellationToken::new();
     if let Ok(mut r) = sh.running.lock() {
-        for older in r.values_mut().filter(|run| run.id == job.id) {
-            older.stale = true;
-            older.cancel.cancel();
-        }
-        r.insert(
-            job.token.clone(),
-            Running {
-                id: job.id.clone(),
-                cancel: cancel.clone(),
-                stale: false,
-            },
-        );
+        r.add(&job.token, &job.id, cancel.clone());
     }
     cancel
 }
@@ -807,7 +849,7 @@ async fn renew_loop(sh: Arc<Shared>) {
                 for id in lost {
                     // Only one live (non-stale) run per job is renewed, so the id names it.
                     if let Ok(r) = sh.running.lock() {
-                        for run in r.values().filter(|run| run.id == id && !run.stale) {
+                        if let Some(run) = r.live_run(&id) {
                             run.cancel.cancel();
                         }
                     }
@@ -843,5 +885,31 @@ async fn stall_loop(sh: Arc<Shared>) {
         if !nap(&sh, sh.opts.stalled_interval).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_run_of_a_job_makes_the_older_stale_and_outlives_it() {
+        let mut runs = Runs::default();
+        let (first, second) = (CancellationToken::new(), CancellationToken::new());
+        runs.add("t1", "job", first.clone());
+        runs.add("t2", "other", CancellationToken::new());
+        assert!(!first.is_cancelled());
+        runs.add("t3", "job", second.clone());
+        assert!(first.is_cancelled(), "the older run is cancelled");
+        assert!(runs.by_token["t1"].stale);
+        assert!(!runs.by_token["t3"].stale);
+        assert_eq!(runs.len(), 3);
+        // The stale run ending leaves the live one findable.
+        runs.remove("t1");
+        assert!(runs.live_run("job").is_some_and(|r| !r.stale));
+        runs.remove("t3");
+        assert!(runs.live_run("job").is_none());
+        assert_eq!(runs.len(), 1);
+        assert!(!second.is_cancelled());
     }
 }
