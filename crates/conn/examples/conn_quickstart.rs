@@ -2,7 +2,7 @@
 //! connection (waits forever), watching lifecycle events.
 //!
 //! ```sh
-//! cargo run -p bullpen-conn --example quickstart -- redis://127.0.0.1:6379
+//! cargo run -p bullpen-conn --example conn_quickstart -- redis://127.0.0.1:6379
 //! ```
 
 use std::time::Duration;

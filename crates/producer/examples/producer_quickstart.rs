@@ -2,7 +2,7 @@
 //! runs, then read it back.
 //!
 //! ```sh
-//! cargo run -p bullpen-producer --example quickstart -- redis://127.0.0.1:6379
+//! cargo run -p bullpen-producer --example producer_quickstart -- redis://127.0.0.1:6379
 //! ```
 
 use bullpen_conn::{Connection, RedisOptions};

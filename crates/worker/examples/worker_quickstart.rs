@@ -2,7 +2,7 @@
 //! bullpen) until SIGINT or SIGTERM.
 //!
 //! ```sh
-//! cargo run -p bullpen-worker --example quickstart -- redis://127.0.0.1:6379
+//! cargo run -p bullpen-worker --example worker_quickstart -- redis://127.0.0.1:6379
 //! ```
 
 use std::time::Duration;
