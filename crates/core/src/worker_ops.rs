@@ -782,28 +782,17 @@ mod tests {
         assert_eq!(two.jobs[1].fields["name"], "m");
 
         // Too short, an odd or overlong field count, more jobs than tokens.
+        let after_header = |tail: &[Value]| {
+            let mut v = vec![Value::Int(0), bulk(""), Value::Int(0)];
+            v.extend_from_slice(tail);
+            v
+        };
+        let (a, b, c) = (bulk("a"), bulk("b"), bulk("c"));
         for bad in [
             vec![Value::Int(0)],
-            vec![
-                Value::Int(0),
-                bulk(""),
-                Value::Int(0),
-                bulk("7"),
-                Value::Int(3),
-                bulk("a"),
-                bulk("b"),
-                bulk("c"),
-            ],
-            vec![
-                Value::Int(0),
-                bulk(""),
-                Value::Int(0),
-                bulk("7"),
-                Value::Int(4),
-                bulk("a"),
-                bulk("b"),
-            ],
-            vec![Value::Int(0), bulk(""), Value::Int(0), bulk("7")],
+            after_header(&[bulk("7"), Value::Int(3), a.clone(), b.clone(), c]),
+            after_header(&[bulk("7"), Value::Int(4), a, b]),
+            after_header(&[bulk("7")]),
         ] {
             assert!(
                 parse_fetched(&MOVE_TO_ACTIVE, &bad, asked).is_err(),
@@ -814,15 +803,7 @@ mod tests {
             tokens: &tokens[..1],
             ..asked
         };
-        let two_jobs = [
-            Value::Int(0),
-            bulk(""),
-            Value::Int(0),
-            bulk("7"),
-            Value::Int(0),
-            bulk("8"),
-            Value::Int(0),
-        ];
+        let two_jobs = after_header(&[bulk("7"), Value::Int(0), bulk("8"), Value::Int(0)]);
         assert!(parse_fetched(&MOVE_TO_ACTIVE, &two_jobs, one_token).is_err());
     }
 
