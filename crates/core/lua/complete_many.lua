@@ -57,9 +57,9 @@ local passOrder = {}
 
 -- Every lock in one read. Existence and children: for the whole call in two EXISTS when
 -- every job exists and none has children (the usual case), else (or for a single job) one
--- EXISTS per job. The two
--- children keys exist only for a parent job, and every path that deletes a job deletes them
--- with it, so when exactly one of a job's three keys exists it is the job.
+-- EXISTS per job. The two children keys exist only for a parent job, and every path that
+-- deletes a job deletes them with it, so when exactly one of a job's three keys exists it
+-- is the job.
 local jobKeys = {}
 local lockKeys = {}
 local childKeys = {}
