@@ -52,6 +52,11 @@ struct Running {
     /// A newer run of the same job started here: this run's lock is gone, so it is neither
     /// renewed nor handed back; it still occupies a slot until it ends.
     stale: bool,
+    /// The processor has returned and the run's finish is on its way (its lock is still
+    /// renewed until the run ends). A renewal that finds the lock gone now is not a lost
+    /// lock: the finish may just have released it; a finish that really lost its lock is
+    /// refused and reported on its own.
+    finishing: bool,
 }
 
 /// The runs in progress: by token, and the live (newest) run of each job id, so that
@@ -89,8 +94,16 @@ impl Runs {
                 id: id.to_owned(),
                 cancel,
                 stale: false,
+                finishing: false,
             },
         );
+    }
+
+    /// Marks the run holding `token` as finishing.
+    fn finishing(&mut self, token: &str) {
+        if let Some(run) = self.by_token.get_mut(token) {
+            run.finishing = true;
+        }
     }
 
     fn remove(&mut self, token: &str) {
@@ -583,6 +596,9 @@ async fn run_job<P: Processor>(
     let outcome = AssertUnwindSafe(processor.process(typed, ctx))
         .catch_unwind()
         .await;
+    if let Ok(mut r) = sh.running.lock() {
+        r.finishing(&token);
+    }
     let result: std::result::Result<serde_json::Value, JobError> = match outcome {
         Ok(Ok(v)) => serde_json::to_value(v).map_err(|e| {
             JobError::Unrecoverable(format!("cannot serialise the return value: {e}"))
@@ -848,11 +864,18 @@ async fn renew_loop(sh: Arc<Shared>) {
             Ok(lost) => {
                 for id in lost {
                     // Only one live (non-stale) run per job is renewed, so the id names it.
-                    if let Ok(r) = sh.running.lock() {
-                        if let Some(run) = r.live_run(&id) {
-                            run.cancel.cancel();
-                        }
-                    }
+                    // A run that has ended, or whose finish is on its way, may have released
+                    // the lock itself between the renewal's snapshot and the renewal.
+                    let running = sh.running.lock().ok().and_then(|r| {
+                        r.live_run(&id)
+                            .filter(|run| !run.finishing)
+                            .map(|run| run.cancel.clone())
+                    });
+                    let Some(cancel) = running else {
+                        debug!(job.id = %id, "lock gone after the run finished; not a lost lock");
+                        continue;
+                    };
+                    cancel.cancel();
                     warn!(job.id = %id, "lock lost; the run is cancelled and its result will be refused");
                     sh.events.send(WorkerEvent::LockLost { job_id: id });
                 }
@@ -907,6 +930,8 @@ mod tests {
         // The stale run ending leaves the live one findable.
         runs.remove("t1");
         assert!(runs.live_run("job").is_some_and(|r| !r.stale));
+        runs.finishing("t3");
+        assert!(runs.live_run("job").is_some_and(|r| r.finishing));
         runs.remove("t3");
         assert!(runs.live_run("job").is_none());
         assert_eq!(runs.len(), 1);

@@ -730,3 +730,58 @@ async fn locks_are_renewed_during_the_grace_period_of_close() {
     }
     assert!(!lost, "no lock may be lost while closing");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_released_by_its_own_finish_is_not_reported_lost() {
+    // Renewals every 5 ms race with hundreds of completions: a renewal that snapshots a run
+    // just before its completion releases the lock finds the lock gone. That is the run's
+    // own finish, not a lost lock, and must not be reported as one.
+    let server = RedisServer::start().expect("redis-server");
+    let q = queue(&server, "renewrace").await;
+    let n = 400;
+    for i in 0..n {
+        q.add("j", &json!(i), o()).await.expect("add");
+    }
+    let processor = from_fn(|job: Job<Value>, _ctx| async move {
+        let ms = job.data.as_u64().unwrap_or(0) % 3;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, JobError>(json!(null))
+    });
+    let worker = Worker::start(
+        redis_opts(&server.url()),
+        "renewrace",
+        processor,
+        test_opts()
+            .concurrency(16)
+            .lock_duration(Duration::from_millis(2_000))
+            .lock_renew_time(Duration::from_millis(5))
+            .build()
+            .expect("opts"),
+    )
+    .await
+    .expect("worker");
+    let mut events = worker.events();
+    let (mut completed, mut lost) = (0, Vec::new());
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while completed < n {
+            match events.recv().await {
+                Ok(WorkerEvent::Completed { .. }) => completed += 1,
+                Ok(WorkerEvent::LockLost { job_id }) => lost.push(job_id),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => panic!("events lagged"),
+                Err(e) => panic!("events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("all jobs completed within 60 s");
+    worker.close(Duration::from_secs(1)).await;
+    assert_eq!(completed, n);
+    assert!(lost.is_empty(), "locks reported lost: {lost:?}");
+    let counts = q.get_job_counts().await.expect("counts");
+    assert_eq!(
+        counts.get(&JobState::Completed),
+        Some(&(n as u64)),
+        "{counts:?}"
+    );
+}
