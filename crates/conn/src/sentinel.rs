@@ -220,7 +220,8 @@ pub(crate) async fn master_moved(
             _ = poll.tick() => {}
         }
         // Asked on one kept connection to a sentinel (opened again, on the first sentinel
-        // that answers, when it fails), so that the poll costs no connection churn.
+        // that answers, when it fails or does not answer in time), so that the poll costs
+        // no connection churn.
         let asked = tokio::time::timeout(opts.connect_timeout, async {
             if poller.is_none() {
                 for (host, port) in sentinels {
@@ -239,8 +240,13 @@ pub(crate) async fn master_moved(
                 }
             }
         })
-        .await;
-        if let Ok(Some((host, port))) = asked {
+        .await
+        .unwrap_or_else(|_| {
+            // A sentinel that stopped answering keeps its socket open: do not wait on it again.
+            poller = None;
+            None
+        });
+        if let Some((host, port)) = asked {
             if (host.as_str(), port) != (current.0.as_str(), current.1) {
                 return format!(
                     "the sentinels moved master `{master}` from {}:{} to {host}:{port}",

@@ -8,16 +8,22 @@ use bullpen_conn::{redis, Connection, RedisOptions};
 use bullpen_testkit::{free_port, SentinelTopology};
 use common::{fast_retry, get};
 
+/// A worker-preset connection through `url` that reconnects quickly.
+async fn worker_conn(url: &str) -> Connection {
+    Connection::connect(
+        RedisOptions::from_url(url)
+            .expect("url")
+            .worker()
+            .with_retry_strategy(fast_retry()),
+    )
+    .await
+    .expect("connect")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn finds_the_master_and_follows_a_failover() {
     let mut topo = SentinelTopology::start().expect("sentinel topology");
-    let opts = RedisOptions::from_url(&topo.url())
-        .expect("sentinel url")
-        .worker()
-        .with_retry_strategy(fast_retry());
-    let conn = Connection::connect(opts)
-        .await
-        .expect("connect through the sentinels");
+    let conn = worker_conn(&topo.url()).await;
     let _: () = conn
         .query(redis::cmd("SET").arg("k").arg("before"))
         .await
@@ -95,11 +101,7 @@ async fn unknown_master_names_and_dead_sentinels_are_clear_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sentinel_failover_moves_ready_connections_before_the_old_master_is_demoted() {
     let topo = SentinelTopology::start().expect("sentinel topology");
-    let opts = RedisOptions::from_url(&topo.url())
-        .expect("sentinel url")
-        .worker()
-        .with_retry_strategy(fast_retry());
-    let conn = Connection::connect(opts).await.expect("connect");
+    let conn = worker_conn(&topo.url()).await;
     let port_of = |conn: Connection| async move {
         let v: Vec<String> = conn
             .query(redis::cmd("CONFIG").arg("GET").arg("port"))
@@ -162,14 +164,7 @@ async fn writes_refused_with_noreplicas_are_sent_again_by_waiting_callers() {
         .await
         .expect_err("refused while there is no replica");
     assert_eq!(err.server_code(), Some("NOREPLICAS"), "{err}");
-    let worker = Connection::connect(
-        RedisOptions::from_url(&server.url())
-            .expect("url")
-            .worker()
-            .with_retry_strategy(fast_retry()),
-    )
-    .await
-    .expect("worker");
+    let worker = worker_conn(&server.url()).await;
     let write = tokio::spawn(async move {
         worker
             .query::<()>(redis::cmd("SET").arg("k").arg("w"))
@@ -207,14 +202,7 @@ async fn writes_refused_with_noreplicas_are_sent_again_by_waiting_callers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sentinel_watch_polls_on_one_kept_connection() {
     let topo = SentinelTopology::start().expect("sentinel topology");
-    let conn = Connection::connect(
-        RedisOptions::from_url(&topo.url())
-            .expect("sentinel url")
-            .worker()
-            .with_retry_strategy(fast_retry()),
-    )
-    .await
-    .expect("connect");
+    let conn = worker_conn(&topo.url()).await;
     let field = |line: &str, name: &str| -> Option<u64> {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))

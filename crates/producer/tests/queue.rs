@@ -11,17 +11,19 @@ use serde_json::json;
 
 async fn setup() -> (RedisServer, Connection, Queue) {
     let server = RedisServer::start().expect("redis-server");
-    let conn = Connection::connect(
-        RedisOptions::from_url(&server.url())
-            .expect("url")
-            .producer(),
-    )
-    .await
-    .expect("connect");
+    let (conn, q) = queue_at(&server.url()).await;
+    (server, conn, q)
+}
+
+/// A producer-preset connection to `url` and queue `q` on it.
+async fn queue_at(url: &str) -> (Connection, Queue) {
+    let conn = Connection::connect(RedisOptions::from_url(url).expect("url").producer())
+        .await
+        .expect("connect");
     let q = Queue::new(conn.clone(), "q", QueueOptions::default())
         .await
         .expect("queue");
-    (server, conn, q)
+    (conn, q)
 }
 
 async fn hash(conn: &Connection, key: &str) -> HashMap<String, String> {
@@ -639,16 +641,7 @@ async fn applied_tells_a_lost_reply_from_a_refusal() {
         .parse()
         .expect("address");
     let proxy = FaultProxy::start(upstream).await.expect("proxy");
-    let conn = Connection::connect(
-        RedisOptions::from_url(&proxy.url())
-            .expect("url")
-            .producer(),
-    )
-    .await
-    .expect("connect");
-    let q = Queue::new(conn.clone(), "q", QueueOptions::default())
-        .await
-        .expect("queue");
+    let (_conn, q) = queue_at(&proxy.url()).await;
     // The first add loads the script, so that the next one is an EVALSHA the proxy matches.
     q.add("first", &json!(1), JobOptions::default())
         .await

@@ -804,8 +804,8 @@ pub fn worker_peer(args: &[String]) -> Result<()> {
     // (the worker and the task counting its events) runs as a task on the runtime's threads,
     // as an application's event consumer would: from the thread that blocks on the runtime,
     // every event would wake that thread separately (a futex wake and a thread switch per
-    // job, measured at about a tenth of the process's CPU at concurrency 128), a cost of the
-    // bench rather than of the worker.
+    // job: about a tenth of the process's CPU at concurrency 128 in a perf profile), a cost
+    // of the bench rather than of the worker.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
